@@ -1,0 +1,126 @@
+"""Pure rules that turn (arch preset, tier, run length, detected hardware) into concrete values.
+
+Each rule is registered as an OmegaConf resolver `zerosr.<name>` (see `resolvers.py`) and used by
+`conf/`, so `--cfg job --resolve` shows its result and any key can still be overridden. Every rule
+clamps its result to safety bounds: a strange input gives a safe value, never a crazy one.
+"""
+
+from __future__ import annotations
+
+import math
+
+from zerosr.config import presets
+
+
+def clamp(value: float, low: float, high: float) -> float:
+    return max(low, min(high, value))
+
+
+def first(*values):
+    """The first value that is not null: lets a data option shorten the run without hiding the preset."""
+    return next((v for v in values if v is not None), None)
+
+
+def _nice(value: float) -> int:
+    """Round to 1, 2 or 5 times a power of ten, so derived frequencies read naturally (250, 500, 1000)."""
+    if value <= 1:
+        return 1
+    exponent = 10 ** math.floor(math.log10(value))
+    return int(min((m * exponent for m in (1, 2, 5, 10)), key=lambda c: abs(c - value)))
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+def batch_size(hint: int, tier_scale: float, tier_max: int) -> int:
+    """Preset batch scaled for the tier's memory, rounded down to a multiple of 2, within [1, tier_max]."""
+    scaled = int(hint * tier_scale)
+    if scaled >= 2:
+        scaled -= scaled % 2
+    return int(clamp(scaled, 1, tier_max))
+
+
+def lq_size(preset: int, tier_max: int, low: int, high: int) -> int:
+    return int(clamp(min(preset, tier_max), low, high))
+
+
+def warmup_iter(preset: int, total_iter: int) -> int:
+    """The preset's warm-up, but never more than a tenth of a short run."""
+    return int(clamp(min(preset, total_iter // 10), 0, total_iter))
+
+
+def val_freq(total_iter: int) -> int:
+    """About 20 validations a run, at least every 50 and at most every 5000 iterations."""
+    return int(clamp(_nice(total_iter / 20), 50, 5000)) if total_iter >= 100 else max(1, total_iter)
+
+
+def save_freq(total_iter: int, validation_every: int) -> int:
+    """Every second validation (a checkpoint after each `best` candidate is checked twice)."""
+    return int(min(max(total_iter, 1), 2 * validation_every))
+
+
+def log_freq(total_iter: int) -> int:
+    """About 500 log lines a run, between every iteration and every 100."""
+    return int(clamp(_nice(total_iter / 500), 1, 100))
+
+
+# --- automations ---------------------------------------------------------------------------------
+
+def plateau_patience(total_iter: int, tier_patience_scale: float) -> int:
+    """Iterations without improvement before the LR drops: 5 % of the run, scaled by tier, in [500, 3000]."""
+    return int(clamp(0.05 * total_iter * tier_patience_scale, 500, 3000))
+
+
+def lr_cooldown(total_iter: int) -> int:
+    """Iterations the LR is left alone after a blow-up cut: 1 % of the run, in [100, 1000]."""
+    return int(clamp(0.01 * total_iter, 100, 1000))
+
+
+def min_lr_factor(total_iter: int) -> float:
+    """Long runs may decay further: 0.1 of the base LR at 10k iterations, 0.01 at 200k and more."""
+    return round(clamp(0.1 * (10_000 / max(total_iter, 1)) ** 0.77, 0.01, 0.2), 4)
+
+
+def max_lr_factor(arch_name: str) -> float:
+    """Small models tolerate a higher LR than large ones: 2.0 for nano down to 1.2 for xl."""
+    rank = presets.VARIANT_ORDER.index(presets.variant_of(arch_name))
+    return round(clamp(2.0 - rank * 0.8 / 7, 1.0, 2.0), 3)
+
+
+def target_vram_usage(tier_target: float | None) -> float | None:
+    return None if tier_target is None else round(clamp(tier_target, 0.70, 0.95), 3)
+
+
+def batch_adjust_every(total_iter: int, tier_adjust_scale: float) -> int:
+    """Memory is re-checked at most every 1 % of the run, in [100, 2000] iterations."""
+    return int(clamp(0.01 * total_iter * tier_adjust_scale, 100, 2000))
+
+
+def clip_history(total_iter: int) -> int:
+    """AutoClip's gradient-norm history: 1 % of the run, in [100, 1000] steps."""
+    return int(clamp(0.01 * total_iter, 100, 1000))
+
+
+def clip_percentile(arch_name: str) -> float:
+    """Larger models have heavier-tailed gradients: clip a little tighter (p90 for xl .. p98 for nano)."""
+    rank = presets.VARIANT_ORDER.index(presets.variant_of(arch_name))
+    return round(clamp(98.0 - rank * 8.0 / 7, 80.0, 99.0), 2)
+
+
+def early_stop_patience(total_iter: int, validation_every: int) -> int:
+    """A quarter of the run without a better PSNR, never fewer than three validations."""
+    return int(max(3 * validation_every, clamp(total_iter // 4, 0, total_iter)))
+
+
+def early_stop_min_iter(total_iter: int) -> int:
+    """Never stop in the first 30 % of a run: warm-up and the first LR cuts need it."""
+    return int(0.3 * total_iter)
+
+
+def loss_schedule(key: str, arch_name: str):
+    """The seed's per-variant preset, matched on the exact variant name."""
+    return presets.loss_schedule_preset(arch_name)[key]
+
+
+def analysis_batches(total_iter: int) -> int:
+    """Batches read for dataset analysis: the seed's 50, fewer for short runs (never over 1 % of it)."""
+    return int(clamp(total_iter // 100, 5, 50))

@@ -1,0 +1,66 @@
+"""Per-variant training presets: starting points that the tier, the run and the automations refine.
+
+The seed's anchors are nano (LR 2e-4, batch 32, 40k iterations) and xl (1e-5, batch 4, 150k);
+the variants between step down with parameter count, with the large drop at `m` where the model
+grows eightfold (215k -> 1.8M parameters). The network hyper-parameters themselves live in
+`zerosr.archs.variants` (one source of truth); this table only says how to train each variant.
+"""
+
+from __future__ import annotations
+
+VARIANT_ORDER = ("nano", "micro", "tiny", "xs", "s", "m", "l", "xl")
+
+# lr, batch-size hint, total iterations, warm-up iterations, EMA decay, AdamW weight decay
+_TRAINING = {
+    "nano": (2e-4, 32, 40_000, 1_000, 0.999, 0.0),
+    "micro": (2e-4, 32, 50_000, 1_000, 0.999, 0.0),
+    "tiny": (1.5e-4, 24, 60_000, 1_500, 0.999, 0.0),
+    "xs": (1.2e-4, 16, 70_000, 1_500, 0.999, 0.0),
+    "s": (1e-4, 16, 80_000, 2_000, 0.999, 0.0),
+    "m": (5e-5, 8, 100_000, 2_500, 0.9995, 1e-4),
+    "l": (2e-5, 6, 120_000, 3_000, 0.9995, 1e-4),
+    "xl": (1e-5, 4, 150_000, 4_000, 0.9995, 1e-4),
+}
+
+# Dynamic loss scheduling presets from the seed's table (ANCHORS.md):
+# momentum, adaptation_rate, max_weight, adaptation_threshold, baseline_iterations.
+LOSS_SCHEDULE = {
+    "nano": (0.85, 0.015, 5.0, 0.04, 50),
+    "micro": (0.87, 0.012, 7.5, 0.05, 75),
+    "tiny": (0.89, 0.010, 10.0, 0.06, 100),
+    "xs": (0.91, 0.008, 15.0, 0.07, 125),
+    "s": (0.93, 0.006, 20.0, 0.08, 150),
+    "m": (0.95, 0.005, 30.0, 0.10, 200),
+    "l": (0.96, 0.004, 50.0, 0.12, 250),
+    "xl": (0.97, 0.003, 100.0, 0.15, 300),
+}
+LOSS_SCHEDULE_KEYS = ("momentum", "adaptation_rate", "max_weight", "adaptation_threshold",
+                      "baseline_iterations")
+
+
+def variant_of(arch_name: str) -> str:
+    """`paragonsr2_xs` -> `xs`. Exact suffix match: the seed's regex sent every name to nano."""
+    prefix, _, variant = arch_name.rpartition("_")
+    if prefix != "paragonsr2" or variant not in VARIANT_ORDER:
+        raise KeyError(f"not a ParagonSR2 variant: {arch_name!r}")
+    return variant
+
+
+def training_preset(variant: str) -> dict:
+    lr, batch, total, warmup, ema, weight_decay = _TRAINING[variant]
+    return {
+        "lr": lr,
+        "batch_size": batch,
+        "total_iter": total,
+        "warmup_iter": warmup,
+        "ema_decay": ema,
+        "betas": [0.9, 0.99],
+        "weight_decay": weight_decay,
+        "lq_size": 64,
+        "lq_size_min": 32,
+        "lq_size_max": 128 if VARIANT_ORDER.index(variant) < VARIANT_ORDER.index("m") else 96,
+    }
+
+
+def loss_schedule_preset(arch_name: str) -> dict:
+    return dict(zip(LOSS_SCHEDULE_KEYS, LOSS_SCHEDULE[variant_of(arch_name)]))

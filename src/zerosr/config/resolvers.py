@@ -1,0 +1,40 @@
+"""Register `zerosr.*` OmegaConf resolvers: the rules of `derive.py` plus the detected-hardware facts."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from zerosr.config import derive
+from zerosr.detect import loader_workers, precision_for, probe
+
+_RULES = {
+    "first": derive.first,
+    "clamp": derive.clamp,
+    "batch_size": derive.batch_size,
+    "lq_size": derive.lq_size,
+    "warmup_iter": derive.warmup_iter,
+    "val_freq": derive.val_freq,
+    "save_freq": derive.save_freq,
+    "log_freq": derive.log_freq,
+    "plateau_patience": derive.plateau_patience,
+    "lr_cooldown": derive.lr_cooldown,
+    "min_lr_factor": derive.min_lr_factor,
+    "max_lr_factor": derive.max_lr_factor,
+    "target_vram_usage": derive.target_vram_usage,
+    "batch_adjust_every": derive.batch_adjust_every,
+    "clip_history": derive.clip_history,
+    "clip_percentile": derive.clip_percentile,
+    "early_stop_patience": derive.early_stop_patience,
+    "early_stop_min_iter": derive.early_stop_min_iter,
+    "loss_schedule": derive.loss_schedule,
+    "analysis_batches": derive.analysis_batches,
+    # Facts of this machine (the probe is cached, so these cost nothing after the first call).
+    "precision": lambda no_gpu_default: precision_for(probe(), no_gpu_default),
+    "loader_workers": lambda cap: loader_workers(probe(), int(cap)),
+}
+
+
+def register_resolvers() -> None:
+    for name, rule in _RULES.items():
+        # replace=True: registering twice (tests, multirun jobs in one process) is harmless.
+        OmegaConf.register_new_resolver(f"zerosr.{name}", rule, replace=True)

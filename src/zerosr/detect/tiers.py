@@ -1,0 +1,53 @@
+"""Hardware tiers and the per-machine facts a tier's config node reads through resolvers."""
+
+from __future__ import annotations
+
+from zerosr.detect.hardware import Hardware
+
+TIERS = ("cpu", "budget", "mid_range", "high_end", "workstation")
+
+# Upper VRAM bound (GB, inclusive) of each GPU tier; above the last one is `workstation`.
+_VRAM_LIMITS = (("budget", 4.0), ("mid_range", 8.0), ("high_end", 24.0))
+
+# Cards sold as "4 GB" or "8 GB" report a little less than that to NVML; a GB of slack keeps a
+# 24 GB card in high_end and an 8 GB one in mid_range whatever the driver reserves.
+_REPORTING_SLACK_GB = 0.5
+
+
+def tier_for(hardware: Hardware) -> str:
+    """The tier of this machine: `cpu` without a CUDA GPU, otherwise by per-GPU VRAM."""
+    if not hardware.has_gpu:
+        return "cpu"
+    vram = hardware.vram_gb
+    for tier, limit in _VRAM_LIMITS:
+        if vram <= limit + _REPORTING_SLACK_GB:
+            return tier
+    return "workstation"
+
+
+def precision_for(hardware: Hardware, no_gpu_default: str) -> str:
+    """bf16 needs compute capability >= 8.0 (Ampere); older GPUs use fp16 with a GradScaler.
+
+    `no_gpu_default` is the tier's own choice for when no GPU is seen (a tier forced on the command
+    line on a CPU-only machine, to inspect what it would do); the trainer still runs fp32 on CPU.
+    """
+    capability = hardware.compute_capability
+    if capability is None:
+        return no_gpu_default
+    return "bf16" if capability >= (8, 0) else "fp16"
+
+
+def loader_workers(hardware: Hardware, cap: int) -> int:
+    """DataLoader workers: half the logical cores (the rest feed the main process), at least 1, at most `cap`."""
+    per_process = hardware.cpu_logical_cores // max(1, len(hardware.gpus))
+    return max(1, min(cap, per_process // 2))
+
+
+def generation(capability: tuple[int, int] | None) -> str:
+    """Marketing name of an NVIDIA architecture generation, for the report."""
+    if capability is None:
+        return "none"
+    names = {(3,): "Kepler", (5,): "Maxwell", (6,): "Pascal", (7, 0): "Volta", (7, 2): "Volta",
+             (7, 5): "Turing", (8, 0): "Ampere", (8, 6): "Ampere", (8, 7): "Ampere",
+             (8, 9): "Ada Lovelace", (9,): "Hopper", (10,): "Blackwell", (12,): "Blackwell"}
+    return names.get(capability) or names.get((capability[0],), f"compute {capability[0]}.{capability[1]}")

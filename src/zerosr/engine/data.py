@@ -1,0 +1,141 @@
+"""Training and validation data for a run, and the batch stream the loop draws from.
+
+The stream is deterministic and resumable: epoch `e` visits the samples in a permutation drawn
+from (seed, e), and sample `k` of that epoch gets its own augmentation seed. The stream's state is
+(epoch, position), so a resumed run reads exactly the samples an uninterrupted one would have,
+whatever the batch size or the number of loader workers, and a batch-size change simply makes the
+next batches longer or shorter.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from zerosr.data import (PairedImageDataset, PairedPatchDataset, ensure_demo_dataset, list_images,
+                         pair_images, seed_worker, split_validation)
+from zerosr.errors import UserError
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ZEROSR_CACHE_DIR") or Path.home() / ".cache" / "zerosr")
+
+
+@dataclass
+class RunData:
+    train: PairedPatchDataset
+    val: PairedImageDataset
+    description: str
+
+
+def _pairs(gt: str, lq: str | None, scale: int, gt_key: str, lq_key: str) -> list:
+    if lq is None:  # LR made from HR by bicubic downscaling with antialiasing
+        return [(path, None) for path in list_images(gt, gt_key)]
+    return pair_images(gt, lq, scale, gt_key=gt_key, lq_key=lq_key)
+
+
+def build_data(cfg: DictConfig) -> RunData:
+    data, scale = cfg.data, cfg.scale
+    if data.name == "demo" and data.gt_path is None:
+        folders = ensure_demo_dataset(cache_dir() / f"demo_x{scale}", scale=scale)
+        train_pairs = pair_images(folders["train_gt"], folders["train_lq"], scale)
+        val_pairs = pair_images(folders["val_gt"], folders["val_lq"], scale)
+        origin = f"demo dataset in {folders['train_gt'].parent.parent}"
+    else:
+        train_pairs = _pairs(data.gt_path, data.lq_path, scale, "data.gt_path", "data.lq_path")
+        if data.val_gt_path:
+            val_pairs = _pairs(data.val_gt_path, data.val_lq_path, scale, "data.val_gt_path",
+                               "data.val_lq_path")
+        else:
+            train_pairs, val_pairs = split_validation(train_pairs, max(1, data.n_val), seed=cfg.train.seed)
+        origin = f"{data.gt_path} ({'paired LR' if data.lq_path else 'bicubic LR'})"
+    if not val_pairs:
+        raise UserError("no validation images: set data.val_gt_path or data.n_val to 1 or more")
+    train = PairedPatchDataset(train_pairs, scale, cfg.train.lq_size, augment=True, cache=data.cache)
+    val = PairedImageDataset(val_pairs, scale, cache=data.cache)
+    return RunData(train, val, f"{len(train_pairs)} training / {len(val_pairs)} validation images, {origin}")
+
+
+class _SeededSamples(Dataset):
+    """Wraps a dataset so item (index, seed) draws its random crop and flips from `seed` alone."""
+
+    def __init__(self, inner: Dataset):
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):  # leave the caller's generator untouched
+            torch.manual_seed(seed)
+            return self.inner[index]
+
+
+class BatchStream:
+    """Batches of `batch_size` samples in a deterministic, resumable order."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0,
+                 pin_memory: bool = False, prefetch_factor: int = 2):
+        self.dataset = _SeededSamples(dataset)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
+        self.epoch, self.position = 0, 0  # samples consumed in this epoch
+        self._iterator = None
+
+    # --- the order -------------------------------------------------------------------------------
+    def _epoch_keys(self, epoch: int) -> list[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        seeds = torch.randint(2**62, (len(order),), generator=generator).tolist()
+        return list(zip(order, seeds))
+
+    def _batches_from(self, epoch: int, position: int):
+        """Batches of keys from (epoch, position) on, running on into the next epochs."""
+        batch: list[tuple[int, int]] = []
+        while True:
+            for key in self._epoch_keys(epoch)[position:]:
+                batch.append(key)
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+            epoch, position = epoch + 1, 0
+
+    def _restart(self) -> None:
+        loader = DataLoader(
+            self.dataset, batch_sampler=self._batches_from(self.epoch, self.position),
+            num_workers=self.num_workers, pin_memory=self.pin_memory, worker_init_fn=seed_worker,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
+            persistent_workers=False)
+        self._iterator = iter(loader)
+
+    # --- use -------------------------------------------------------------------------------------
+    def next_batch(self) -> dict:
+        if self._iterator is None:
+            self._restart()
+        batch = next(self._iterator)
+        self.epoch, self.position = divmod(self.epoch * len(self.dataset) + self.position
+                                           + len(batch["index"]), len(self.dataset))
+        return batch
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Takes effect from the next batch (batches already prefetched are dropped, not skipped)."""
+        if int(batch_size) != self.batch_size:
+            self.batch_size = int(batch_size)
+            self.close()
+
+    def close(self) -> None:
+        self._iterator = None  # the DataLoader's workers exit with their iterator
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.batch_size = int(state["batch_size"])
+        self.close()

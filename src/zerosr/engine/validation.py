@@ -1,0 +1,67 @@
+"""Validation: PSNR/SSIM on Y (border cropped by the scale) of the model and of bicubic upscaling.
+
+Images larger than `tile` LR pixels run in tiles; a few SR results and a side-by-side comparison
+(bicubic | SR | HR) are written under `RUN/visualization/<iteration>/` at every validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zerosr.engine.tiling import tiled_forward
+from zerosr.metrics import calculate_psnr, calculate_ssim, tensor_to_uint8
+from zerosr.report.images import save_comparison, save_image
+
+
+def bicubic_upscale(lq: torch.Tensor, scale: int) -> torch.Tensor:
+    return F.interpolate(lq, scale_factor=scale, mode="bicubic", align_corners=False).clamp_(0, 1)
+
+
+def _scores(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[float, float]:
+    a, b = tensor_to_uint8(sr), tensor_to_uint8(hr)
+    return (calculate_psnr(a, b, crop_border=scale, test_y_channel=True),
+            calculate_ssim(a, b, crop_border=scale, test_y_channel=True))
+
+
+class Validator:
+    def __init__(self, dataset, scale: int, tile: int, device: torch.device, out_dir: Path,
+                 images_to_save: int = 3, overlap: int = 8):
+        self.dataset, self.scale, self.tile, self.overlap = dataset, scale, tile, overlap
+        self.device, self.out_dir, self.images_to_save = device, Path(out_dir), images_to_save
+        self.baseline = self._bicubic_baseline()
+
+    def _items(self):
+        for index in range(len(self.dataset)):
+            item = self.dataset[index]
+            lq, gt = item["lq"].unsqueeze(0), item["gt"].unsqueeze(0)
+            h, w = lq.shape[-2] * self.scale, lq.shape[-1] * self.scale
+            yield index, item.get("name", str(index)), lq, gt[..., :h, :w]
+
+    def _bicubic_baseline(self) -> dict[str, float]:
+        scores = [_scores(bicubic_upscale(lq, self.scale)[0], gt[0], self.scale) for _, _, lq, gt in self._items()]
+        return {"val/bicubic_psnr": float(np.mean([s[0] for s in scores])),
+                "val/bicubic_ssim": float(np.mean([s[1] for s in scores]))}
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, iteration: int, channels_last: bool = False) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        psnrs, ssims = [], []
+        folder = self.out_dir / f"{iteration:08d}"
+        for index, name, lq, gt in self._items():
+            lq = lq.to(self.device)
+            if channels_last:
+                lq = lq.contiguous(memory_format=torch.channels_last)
+            sr = tiled_forward(model, lq, self.scale, self.tile, self.overlap).float().clamp_(0, 1).cpu()
+            psnr, ssim = _scores(sr[0], gt[0], self.scale)
+            psnrs.append(psnr)
+            ssims.append(ssim)
+            if index < self.images_to_save:
+                save_image(sr[0], folder / f"{name}_sr.png")
+                save_comparison(lq[0].cpu(), sr[0], gt[0], folder / f"{name}_compare.png", self.scale)
+        model.train(was_training)
+        return {"val/psnr": float(np.mean(psnrs)), "val/ssim": float(np.mean(ssims)), **self.baseline}

@@ -1,0 +1,28 @@
+"""zerosr: zero-config super-resolution training.
+
+    python train.py arch=paragonsr2_s data=paired data.gt_path=HR data.lq_path=LR
+
+Everything else is derived from the detected hardware, the architecture and the data;
+`python train.py --cfg job --resolve` shows every value, and any of them can be overridden.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from zerosr.cli import exit_on_user_error
+from zerosr.config.store import register
+
+# Before Hydra composes: probe the hardware, register resolvers, schemas and `hardware_tier/auto`.
+exit_on_user_error(register)()
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float:
+    from zerosr.app import run  # torch is imported only when a job really runs
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
