@@ -15,17 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import get_original_cwd, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from zerosr import archs
+from zerosr.automations import build_automations
+from zerosr.automations.base import Decision
 from zerosr.engine.checkpoint import (capture_rng_state, find_resume_state, load_training_state,
                                       restore_rng_state, save_training_state)
 from zerosr.engine.data import BatchStream, build_data
 from zerosr.engine.ema import ModelEMA, unwrap_model
 from zerosr.engine.objective import build_objective
 from zerosr.engine.precision import make_precision, select_device
-from zerosr.engine.schedule import scheduled_lr, set_lr
+from zerosr.engine.schedule import set_lr
+from zerosr.engine.startup import analyse_dataset, find_lr, search_batch_size
 from zerosr.engine.validation import Validator
 from zerosr.errors import UserError
 from zerosr.report.logs import RunLogger
@@ -73,11 +76,23 @@ class Trainer:
         self.validator = Validator(self.data.val, cfg.scale, train.val_tile, self.device,
                                    self.run_dir / "visualization")
         self.logger = RunLogger(self.run_dir)
-        self.base_lr = float(train.lr)
+        gan = self.objective.gan
+        self.suite = build_automations(
+            cfg.automation, base_lr=float(train.lr), total_iter=train.total_iter,
+            warmup_iter=train.warmup_iter, batch_size=train.batch_size,
+            base_weights=self.objective.base_weights, user_set=user_set_keys("automation.loss_schedule"),
+            gan_name=gan.name if gan is not None else None,
+            total_memory=(torch.cuda.get_device_properties(self.device).total_memory
+                          if self.device.type == "cuda" else None))
         self.lr = 0.0
         self.iteration = 0
         self.best = {"psnr": -math.inf, "ssim": 0.0, "iter": 0}
         self.last_val: dict[str, float] = {}
+        self.decisions: list[Decision] = []
+        self.faults = {"nonfinite_skipped": 0, "rollbacks": 0, "oom_retried": 0}
+        self.last_good: Path | dict = self._snapshot()
+        self.stopped_early = False
+        self.progress: Progress | None = None
 
     # --- state ---------------------------------------------------------------------------------
     def _load_pretrain(self, path: str) -> None:
@@ -102,10 +117,13 @@ class Trainer:
             "scaler": self.precision.scaler.state_dict(),
             "objective": self.objective.state_dict(),
             "data": self.stream.state_dict(),
-            "schedule": {"base_lr": self.base_lr, "lr": self.lr},
+            "automations": self.suite.state_dict(),
+            "lr": self.lr,
             "best": dict(self.best),
+            "faults": dict(self.faults),
             "rng": capture_rng_state(),
             "arch": {"name": self.cfg.arch.name, "scale": int(self.cfg.scale)},
+            "lq_size": int(self.data.train.lq_size),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -120,9 +138,12 @@ class Trainer:
         self.precision.scaler.load_state_dict(state["scaler"])
         self.objective.load_state_dict(state["objective"])
         self.stream.load_state_dict(state["data"])
-        self.base_lr, self.lr = float(state["schedule"]["base_lr"]), float(state["schedule"]["lr"])
+        self.suite.load_state_dict(state["automations"])
+        self.lr = float(state["lr"])
         self.best = dict(state["best"])
+        self.faults = dict(state["faults"])
         restore_rng_state(state["rng"])
+        self.apply_batch_and_patch(self.stream.batch_size, int(state.get("lq_size", self.data.train.lq_size)))
 
     def save(self) -> Path:
         """Training state plus EMA and raw weights; both kinds keep the newest few."""
@@ -132,56 +153,175 @@ class Trainer:
             archs.save(module, models / f"{kind}_{self.iteration:08d}.safetensors")
             for old in sorted(models.glob(f"{kind}_[0-9]*.safetensors"))[:-keep]:
                 old.unlink()
-        return save_training_state(self.run_dir / "training_state", self.iteration, self.state_dict(), keep=keep)
+        path = save_training_state(self.run_dir / "training_state", self.iteration, self.state_dict(), keep=keep)
+        self.last_good = path
+        return path
 
     def resume_if_asked(self) -> Path | None:
-        outputs = Path(get_original_cwd()) / "outputs"
+        outputs = Path("outputs").resolve()  # Hydra's runs live under ./outputs (job.chdir is off)
         path = find_resume_state(self.cfg.train.resume, self.run_dir, outputs, self.cfg.name)
         if path is not None:
             self.load_state_dict(load_training_state(path))
+            self.last_good = path
         return path
 
-    # --- one iteration -------------------------------------------------------------------------
-    def step(self) -> dict[str, float]:
-        train = self.cfg.train
-        self.lr = scheduled_lr(self.base_lr, self.iteration + 1, train.warmup_iter, train.total_iter)
-        set_lr(self.optimizer, self.lr)
-        if self.objective.gan is not None:
-            set_lr(self.objective.gan.optimizer, self.lr)
-        parts_sum: dict[str, float] = {}
-        total_sum, samples = 0.0, 0
-        for _ in range(train.grad_accum):
-            batch = self.stream.next_batch()
-            lq = batch["lq"].to(self.device, non_blocking=True)
-            gt = batch["gt"].to(self.device, non_blocking=True)
-            if self.channels_last:
-                lq = lq.contiguous(memory_format=torch.channels_last)
-            with self.precision.autocast():
-                sr = self.forward(lq)
-                total, parts = self.objective.generator_loss(sr.float(), gt)
-            self.precision.scaler.scale(total / train.grad_accum).backward()
-            total_sum += float(total.detach())
-            for name, value in parts.items():
-                parts_sum[name] = parts_sum.get(name, 0.0) + float(value.detach())
-            samples += lq.shape[0]
-            if self.objective.gan is not None:
-                self.objective.discriminator_step(sr, gt, self.precision.autocast, self.precision.scaler)
+    # --- pieces the automations act on -----------------------------------------------------------
+    def apply_batch_and_patch(self, batch_size: int, lq_size: int) -> None:
+        self.stream.set_batch_size(batch_size)
+        if lq_size != self.data.train.lq_size:
+            self.data.train.lq_size = int(lq_size)
+            self.stream.close()
+
+    def record(self, decisions: list[Decision]) -> None:
+        """Log every automation decision (automation.jsonl, TensorBoard) and show it."""
+        for decision in decisions:
+            self.decisions.append(decision)
+            self.logger.log_automation(decision.iteration, decision.automation, decision.change, decision.reason)
+            changes = ", ".join(f"{k} {_short(a)} -> {_short(b)}" for k, (a, b) in decision.change.items())
+            line = f"[{decision.automation}] iter {decision.iteration}: {changes or 'no change'} ({decision.reason})"
+            if self.progress is not None:
+                self.progress.write(line)
+            else:
+                print(line, flush=True)
+
+    def _snapshot(self) -> dict:
+        """In-memory copy of what a rollback restores, for before the first checkpoint exists."""
+        import copy
+
+        return copy.deepcopy({"model": unwrap_model(self.model).state_dict(), "ema": self.ema.state_dict(),
+                              "optimizer": self.optimizer.state_dict(),
+                              "scaler": self.precision.scaler.state_dict(), "objective": self.objective.state_dict()})
+
+    def _rollback(self) -> None:
+        """Back to the last good weights and optimizer state; iteration, data and automations go on."""
+        state = self.last_good if isinstance(self.last_good, dict) else load_training_state(self.last_good)
+        unwrap_model(self.model).load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.scaler.load_state_dict(state["scaler"])
+        self.objective.load_state_dict(state["objective"])
+        self.faults["rollbacks"] += 1
+
+    # --- one iteration ---------------------------------------------------------------------------
+    def _forward_backward(self, lq: torch.Tensor, gt: torch.Tensor, share: float,
+                          poison: bool = False) -> tuple[float, dict[str, float]]:
+        """Loss of one chunk, backpropagated with weight `share` (its part of the step's samples)."""
+        lq, gt = lq.to(self.device, non_blocking=True), gt.to(self.device, non_blocking=True)
+        if self.channels_last:
+            lq = lq.contiguous(memory_format=torch.channels_last)
+        with self.precision.autocast():
+            sr = self.forward(lq)
+            total, parts = self.objective.generator_loss(sr.float(), gt)
+        if poison:  # debug.inject_nan_at: a loss that really is non-finite, through the real path
+            total = total * float("nan")
+        self.precision.scaler.scale(total * share).backward()
+        if self.objective.gan is not None and math.isfinite(float(total.detach())):
+            self.objective.discriminator_step(sr, gt, self.precision.autocast, self.precision.scaler)
+        return float(total.detach()), {k: float(v.detach()) for k, v in parts.items()}
+
+    def _optimizer_step(self) -> tuple[float, bool]:
+        """Unscale, clip to the AutoClip threshold, step. Returns (gradient norm before clipping, stepped)."""
         self.precision.scaler.unscale_(self.optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf")))
-        self.precision.scaler.step(self.optimizer)
-        self.precision.scaler.update()
+        threshold = self.suite.clip.threshold
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), threshold))
+        stepped = math.isfinite(norm) or self.precision.scaler.is_enabled()  # fp16: the scaler skips inf steps
+        if stepped:
+            self.precision.scaler.step(self.optimizer)
+            self.precision.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        return norm, stepped
+
+    def train_on(self, lq: torch.Tensor, gt: torch.Tensor, accumulate: int = 1, step: bool = True) -> float:
+        """One plain step on given tensors (the start-up probes use it)."""
+        total, _ = self._forward_backward(lq, gt, 1.0 / accumulate)
+        if step:
+            self._optimizer_step()
+        return total
+
+    def _chunks(self, batches: list[dict], size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The step's samples regrouped into chunks of `size` (after an OOM: same samples, smaller chunks)."""
+        lq = torch.cat([b["lq"] for b in batches])
+        gt = torch.cat([b["gt"] for b in batches])
+        return [(lq[i:i + size], gt[i:i + size]) for i in range(0, lq.shape[0], size)]
+
+    def _free_after_oom(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def step(self) -> dict[str, float]:
+        train, debug = self.cfg.train, self.cfg.debug
+        it = self.iteration + 1
+        self.objective.weights.update(self.suite.loss_schedule.weights)
+        batches = [self.stream.next_batch() for _ in range(train.grad_accum)]
+        chunks = [(b["lq"], b["gt"]) for b in batches]
+        inject_oom = it in debug.inject_oom_at
+        while True:
+            self.lr = self.suite.lr.lr_at(it)
+            set_lr(self.optimizer, self.lr)
+            if self.objective.gan is not None:
+                set_lr(self.objective.gan.optimizer, self.lr)
+            try:
+                samples = sum(lq.shape[0] for lq, _ in chunks)
+                total, parts = 0.0, {}
+                for index, (lq, gt) in enumerate(chunks):
+                    share = lq.shape[0] / samples
+                    loss, chunk_parts = self._forward_backward(lq, gt, share, poison=it in debug.inject_nan_at)
+                    if inject_oom and index == 0:
+                        inject_oom = False  # once: the retry must go through
+                        raise torch.OutOfMemoryError(f"debug.inject_oom_at: injected out-of-memory at iteration {it}")
+                    total += loss * share
+                    for name, value in chunk_parts.items():
+                        parts[name] = parts.get(name, 0.0) + value * share
+                break
+            except torch.OutOfMemoryError:
+                self._free_after_oom()
+                self.faults["oom_retried"] += 1
+                self.record(self.suite.on_oom(it))
+                self.stream.set_batch_size(self.suite.batch.batch_size)
+                chunks = self._chunks(batches, self.suite.batch.batch_size)
+        self.iteration = it
+        stats = {"loss": total, "lr": self.lr, "batch_size": samples / train.grad_accum}
+        stats.update({f"loss/{k}": v for k, v in parts.items()})
+        if not math.isfinite(total):
+            return self._skip_nonfinite(it, stats)
+        norm, stepped = self._optimizer_step()
+        if not stepped:
+            return self._skip_nonfinite(it, stats)
         self.ema.update(self.model)
-        self.iteration += 1
-        n = train.grad_accum
-        stats = {"loss": total_sum / n, "lr": self.lr, "batch_size": samples / n, "grad_norm": grad_norm}
-        stats.update({f"loss/{k}": v / n for k, v in parts_sum.items()})
+        stats.update({"grad_norm": norm, "clip_threshold": self.suite.clip.threshold,
+                      "clipped": float(norm > self.suite.clip.threshold)})
+        if self.device.type == "cuda":
+            stats["peak_mem_bytes"] = float(torch.cuda.max_memory_reserved(self.device))
+        old_batch = self.suite.batch.batch_size
+        self.record(self.suite.on_step_end(it, stats))
+        if self.suite.batch.batch_size != old_batch:
+            self.stream.set_batch_size(self.suite.batch.batch_size)
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
         return stats
+
+    def _skip_nonfinite(self, it: int, stats: dict) -> dict:
+        """A NaN/Inf loss or gradient: no update; repeated ones roll back and lower the LR."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.faults["nonfinite_skipped"] += 1
+        self.record([Decision(it, "guard", {}, f"non-finite loss or gradient (loss {stats['loss']}): step skipped")])
+        self.record(self.suite.on_nonfinite(it))
+        if self.suite.lr.take_rollback():
+            self._rollback()
+            where = self.last_good if isinstance(self.last_good, Path) else "the start of the run"
+            self.record([Decision(it, "guard", {}, f"repeated non-finite steps: rolled back to {where}")])
+        if self.suite.lr.give_up:
+            raise UserError(f"training keeps producing NaN/Inf at iteration {it} even at the lowest LR: "
+                            "check the data (preflight: python -m zerosr.doctor) or lower train.lr")
+        return {**stats, "skipped": 1.0}
 
     def validate(self) -> dict[str, float]:
         metrics = self.validator(self.ema.module, self.iteration, self.channels_last)
         self.logger.log_validation(self.iteration, metrics)
         self.last_val = metrics
+        self.record(self.suite.on_validation(self.iteration, metrics))
+        self.stopped_early = bool(self.suite.early_stop.should_stop)
         if metrics["val/psnr"] > self.best["psnr"]:
             self.best = {"psnr": metrics["val/psnr"], "ssim": metrics["val/ssim"], "iter": self.iteration}
             archs.save(self.ema.module, self.run_dir / "models" / "best.safetensors",
@@ -193,6 +333,40 @@ class Trainer:
         self.logger.close()
 
 
+def user_set_keys(prefix: str) -> set[str]:
+    """Keys under `prefix` the user set on the command line (explicit keys win over calibration)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    keys = set()
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith(prefix + "."):
+            keys.add(key[len(prefix) + 1:])
+        elif key == prefix:
+            keys.add("")
+    return keys
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def start_up(trainer: Trainer) -> None:
+    """Fresh runs only: measure the batch size, analyse the data, optionally find the LR."""
+    suite, cfg = trainer.suite, trainer.cfg
+    if suite.batch.enabled and "batch_size" not in user_set_keys("train"):
+        trainer.record(search_batch_size(trainer))
+    scores = analyse_dataset(trainer, suite.analyse_batches) if suite.analyse_batches else None
+    if scores is not None:
+        trainer.logger.log_validation(0, {f"data/{k}": v for k, v in scores.items()})
+        print("analysis     " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in scores.items()), flush=True)
+    trainer.record(suite.loss_schedule.calibrate(scores))
+    if suite.lr.enabled and cfg.automation.lr.find:
+        trainer.record(find_lr(trainer))
+
+
 def train(cfg: DictConfig, run_dir: Path) -> float:
     started = time.perf_counter()
     trainer = Trainer(cfg, run_dir)
@@ -200,12 +374,14 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     resumed = trainer.resume_if_asked()
     if resumed is not None:
         print(f"resumed      from {resumed} at iteration {trainer.iteration}", flush=True)
+    else:
+        start_up(trainer)
     total, train_cfg = cfg.train.total_iter, cfg.train
-    progress = Progress(total, start=trainer.iteration)
+    progress = trainer.progress = Progress(total, start=trainer.iteration)
     interrupted = False
     window_start, window_iters = time.perf_counter(), 0
     try:
-        while trainer.iteration < total:
+        while trainer.iteration < total and not trainer.stopped_early:
             stats = trainer.step()
             it = trainer.iteration
             window_iters += 1
@@ -219,7 +395,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                 metrics = trainer.validate()
                 progress.write(f"iter {it}: val PSNR {metrics['val/psnr']:.2f} dB, SSIM {metrics['val/ssim']:.4f} "
                                f"(bicubic {metrics['val/bicubic_psnr']:.2f} dB)")
-            if it % train_cfg.save_freq == 0 or it == total:
+            if it % train_cfg.save_freq == 0 or it == total or trainer.stopped_early:
                 trainer.save()
     except KeyboardInterrupt:
         interrupted = True
@@ -227,12 +403,39 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         trainer.save()
     finally:
         progress.close()
+        trainer.progress = None
         trainer.close()
     if not trainer.last_val and not interrupted:
         trainer.validate()  # resumed a finished run: still report its quality
     write_plots(run_dir)
     print(summary(trainer, time.perf_counter() - started, interrupted), flush=True)
     return float(trainer.best["psnr"])
+
+
+def automation_report(trainer: Trainer) -> list[str]:
+    """One line per automation: how many decisions, and where its value ended."""
+    counts: dict[str, int] = {}
+    for decision in trainer.decisions:
+        counts[decision.automation] = counts.get(decision.automation, 0) + 1
+    suite = trainer.suite
+    if not trainer.cfg.automation.enabled:
+        return ["automations  off (fixed schedule and batch)"]
+    finals = {
+        "lr": f"LR factor {suite.lr.factor:.3g} (base {suite.lr.base_lr:.3g})",
+        "batch": f"batch {suite.batch.batch_size}",
+        "clip": f"clip threshold {suite.clip.threshold:.3g}, clip rate {suite.clip.clip_rate:.1%}",
+        "early_stop": ("stopped the run early" if trainer.stopped_early else "no early stop")
+        + f", best at iteration {trainer.best['iter']}",
+        "loss_schedule": "weights " + ", ".join(f"{k} {v:.3g}" for k, v in trainer.objective.weights.items()),
+    }
+    lines = []
+    for name, final in finals.items():
+        lines.append(f"  {name:<13} {counts.get(name, 0):>3} decisions; {final}")
+    faults = trainer.faults
+    if any(faults.values()):
+        lines.append(f"  faults        {faults['nonfinite_skipped']} non-finite steps skipped, "
+                     f"{faults['rollbacks']} rollbacks, {faults['oom_retried']} out-of-memory retries")
+    return ["automations  (decisions in automation.jsonl)"] + lines
 
 
 def summary(trainer: Trainer, seconds: float, interrupted: bool) -> str:
@@ -242,6 +445,9 @@ def summary(trainer: Trainer, seconds: float, interrupted: bool) -> str:
     if interrupted:
         lines.append(f"interrupted at iteration {trainer.iteration}; resume with train.resume=auto "
                      f"hydra.run.dir={trainer.run_dir}")
+    if trainer.stopped_early:
+        lines.append(f"stopped early at iteration {trainer.iteration}: no PSNR gain for "
+                     f"{trainer.cfg.automation.early_stop.patience} iterations")
     if val:
         gain = val["val/psnr"] - val["val/bicubic_psnr"]
         lines += [
@@ -252,6 +458,7 @@ def summary(trainer: Trainer, seconds: float, interrupted: bool) -> str:
     if best["iter"]:
         lines.append(f"best         {best['psnr']:.2f} dB at iteration {best['iter']}: "
                      f"{trainer.run_dir / 'models' / 'best.safetensors'}")
+    lines += automation_report(trainer)
     lines += [f"time         {minutes} min {secs} s for {trainer.iteration} iterations",
               f"run          {trainer.run_dir}"]
     return "\n".join(lines)

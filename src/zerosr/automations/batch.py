@@ -1,0 +1,256 @@
+"""Batch size: found at start from real steps, then kept inside the memory target while training.
+
+GPU tiers. `find_batch_size` runs real training steps (`try_batch(batch, lq_size)`, which returns
+the peak memory in bytes or raises `torch.OutOfMemoryError`): doubling, then a binary search
+between the last size that fit and the first that did not (Lightning's BatchSizeFinder). A size
+fits when its peak stays within the budget `(target_vram_usage - safety_margin) * total_memory`;
+the margin covers what the probe does not see (fragmentation, validation, the loader).
+
+While training, `BatchController` compares the peak memory of each `adjust_every`-iteration window
+with the target: over `target_vram_usage` it shrinks, under the budget it grows (at most 2x), and
+an out-of-memory error halves the batch. A size that ever failed is never used again, nor any
+larger one (memory grows with the batch).
+
+CPU tier. There is no VRAM: `cpu_batch_size` measures samples/s for the candidate sizes that fit a
+RAM budget and picks the smallest size within 5 % of the fastest (the run length is counted in
+iterations, so a larger batch at the same throughput only makes the run longer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from zerosr.automations.base import Automation, Decision, param
+from zerosr.errors import UserError
+
+CPU_THROUGHPUT_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Probe:
+    batch: int
+    lq_size: int
+    peak_bytes: int | None  # None: out of memory, or a device that does not report memory
+    fits: bool
+    why: str
+
+
+def memory_budget(total_memory: int, target_fraction: float, margin: float) -> float:
+    """Bytes a batch may use: the target share of memory minus the safety margin."""
+    budget = (target_fraction - margin) * total_memory
+    if budget <= 0:
+        raise UserError(f"target_vram_usage={target_fraction} minus safety_margin={margin} leaves no memory "
+                        "for training: lower the margin or raise the target")
+    return budget
+
+
+def lq_candidates(preferred: int, low: int, high: int, step: int = 16) -> list[int]:
+    """Patch sizes for `find_batch_size`: the preferred size first, then every `step` in [low, high]."""
+    others = [size for size in range(low, high + 1, step) if size != preferred]
+    return [preferred] + others
+
+
+def find_batch_size(try_batch: Callable[[int, int], float | None], start: int, max_batch: int,
+                    lq_sizes: Sequence[int], target_fraction: float, margin: float, total_memory: int,
+                    min_batch: int = 1) -> tuple[int, int, list[Probe]]:
+    """Largest batch (and patch size) whose real step fits the memory budget.
+
+    `lq_sizes[0]` is the preferred patch size. Larger sizes in the list are tried only when the
+    preferred one fits `max_batch` with memory to spare (more pixels per step); smaller ones only
+    when not even `min_batch` fits at the preferred size. Every (batch, lq_size) is probed at most
+    once. Returns (batch, lq_size, probes in the order they ran).
+
+    `try_batch` must leave the model and optimizer usable after an out-of-memory error (zero the
+    gradients, empty the CUDA cache); the caller restores their state once the search is over.
+    """
+    budget = memory_budget(total_memory, target_fraction, margin)
+    probes: dict[tuple[int, int], Probe] = {}
+
+    def fits(batch: int, lq: int) -> bool:
+        if (batch, lq) not in probes:
+            try:
+                peak = try_batch(batch, lq)
+            except torch.OutOfMemoryError:
+                probes[(batch, lq)] = Probe(batch, lq, None, False, "out of memory")
+            else:
+                ok = peak is None or peak <= budget
+                probes[(batch, lq)] = Probe(batch, lq, None if peak is None else int(peak), ok,
+                                            "fits" if ok else f"over the budget of {budget / 2**30:.2f} GiB")
+        return probes[(batch, lq)].fits
+
+    def largest(lq: int) -> int:
+        """0 when not even `min_batch` fits."""
+        low, high = 0, None  # low fits (0: none known), high fails (None: none known)
+        batch = max(min_batch, min(start, max_batch))
+        while batch >= min_batch and not fits(batch, lq):
+            # Halve, but try min_batch itself before giving up on this patch size.
+            high, batch = batch, (min_batch if batch // 2 < min_batch < batch else batch // 2)
+        if batch < min_batch:
+            return 0
+        low = batch
+        while high is None and low < max_batch:
+            batch = min(2 * low, max_batch)
+            if fits(batch, lq):
+                low = batch
+            else:
+                high = batch
+        # Binary search to within 10 %: each probe is a real step, and 90 % of the best is enough.
+        while high is not None and high - low > max(1, low // 10):
+            mid = (low + high) // 2
+            if fits(mid, lq):
+                low = mid
+            else:
+                high = mid
+        return low
+
+    preferred = lq_sizes[0]
+    batch, lq = largest(preferred), preferred
+    if batch >= max_batch:
+        for bigger in sorted(size for size in lq_sizes if size > preferred):
+            if not fits(max_batch, bigger):
+                break
+            lq = bigger
+    elif batch == 0:
+        for smaller in sorted((size for size in lq_sizes if size < preferred), reverse=True):
+            batch, lq = largest(smaller), smaller
+            if batch:
+                break
+    if batch == 0:
+        raise UserError(f"not even batch {min_batch} with {min(lq_sizes)}px patches fits in "
+                        f"{total_memory / 2**30:.1f} GiB: choose a smaller arch or hardware_tier=cpu")
+    return batch, lq, list(probes.values())
+
+
+def peak_memory_of(step: Callable[[], None], device: torch.device, repeats: int = 2) -> int | None:
+    """Peak reserved device memory of `repeats` calls of `step` (a full forward, backward and
+    optimizer step). Two by default, because Adam allocates its state on the first step; reserved
+    rather than allocated bytes, because out-of-memory is decided on what the allocator holds.
+    None on a device that does not report memory (CPU)."""
+    if device.type != "cuda":
+        for _ in range(repeats):
+            step()
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(repeats):
+        step()
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_reserved(device))
+
+
+def cpu_batch_size(measure: Callable[[int], float], candidates: Iterable[int], ram_budget_bytes: float,
+                   bytes_per_sample: float) -> tuple[int, dict[int, float]]:
+    """CPU tier: measure samples/s (`measure(batch)`) for the candidates within the RAM budget and
+    pick the smallest within 5 % of the fastest. Stops measuring once throughput falls below 90 %
+    of the best so far (larger batches only overflow caches further). Returns (batch, samples/s
+    per measured size)."""
+    ordered = sorted(set(int(c) for c in candidates if c >= 1))
+    if not ordered:
+        raise ValueError("cpu_batch_size needs at least one candidate batch size")
+    allowed = [c for c in ordered if c * bytes_per_sample <= ram_budget_bytes] or ordered[:1]
+    speeds: dict[int, float] = {}
+    for batch in allowed:
+        speeds[batch] = float(measure(batch))
+        if speeds[batch] < (1 - 2 * CPU_THROUGHPUT_TOLERANCE) * max(speeds.values()):
+            break
+    fastest = max(speeds.values())
+    chosen = min(b for b, s in speeds.items() if s >= (1 - CPU_THROUGHPUT_TOLERANCE) * fastest)
+    return chosen, speeds
+
+
+def adjusted_batch(batch: int, peak: float, total_memory: int, target_fraction: float, margin: float,
+                   min_batch: int, max_batch: int, ceiling: int | None) -> int:
+    """The batch for the next window given this window's peak memory.
+
+    Over `target_fraction` of memory: shrink in proportion to the budget. Under the budget: grow in
+    proportion, at most 2x, never to `ceiling` (the smallest size that failed) or beyond. The
+    proportional estimate (memory ~ batch) overstates the per-sample cost, because part of the peak
+    is the model and optimizer, so growing by it stays on the safe side. In between: hold.
+    """
+    budget = memory_budget(total_memory, target_fraction, margin)
+    if peak <= 0:
+        return batch
+    proportional = int(batch * budget / peak)
+    if peak > target_fraction * total_memory:
+        return max(min_batch, min(batch - 1, proportional))
+    if peak < budget:
+        limit = min(2 * batch, max_batch, proportional)
+        if ceiling is not None:
+            limit = min(limit, ceiling - 1)
+        return max(batch, limit)
+    return batch
+
+
+class BatchController(Automation):
+    name = "batch"
+    STATE = ("batch_size", "failed_sizes", "window_start", "window_peak")
+
+    def __init__(self, cfg, batch_size: int, total_memory: int | None = None):
+        super().__init__(param(cfg, "enabled", True))
+        self.target = param(cfg, "target_vram_usage")  # None on the cpu tier: no memory watch
+        self.margin = float(param(cfg, "safety_margin", 0.0))
+        self.adjust_every = int(param(cfg, "adjust_every"))
+        self.min_batch = int(param(cfg, "min_batch_size", 1))
+        self.max_batch = int(param(cfg, "max_batch_size"))
+        if not 1 <= self.min_batch <= self.max_batch:
+            raise UserError(f"automation.batch: need 1 <= min_batch_size <= max_batch_size, got "
+                            f"{self.min_batch} and {self.max_batch}")
+        self.total_memory = total_memory
+        self.batch_size = int(batch_size)
+        self.failed_sizes: list[int] = []
+        self.window_start = 0
+        self.window_peak = 0
+
+    @property
+    def ceiling(self) -> int | None:
+        """The smallest size that ever failed: this and anything larger are off limits."""
+        return min(self.failed_sizes) if self.failed_sizes else None
+
+    @property
+    def watching_memory(self) -> bool:
+        return self.enabled and self.target is not None and bool(self.total_memory)
+
+    def on_oom(self, iteration: int) -> list[Decision]:
+        """The step at `batch_size` ran out of memory: halve it (the loop retries the step).
+        Raises UserError when it cannot shrink (automation off, or already at min_batch_size)."""
+        old = self.batch_size
+        if not self.enabled:
+            raise UserError(f"out of memory at batch {old} and automation.batch is off: lower "
+                            "train.batch_size or train.lq_size, or turn automation.batch.enabled on")
+        if old <= self.min_batch:
+            raise UserError(f"out of memory even at batch {old}: choose a smaller arch, a smaller "
+                            "train.lq_size, or hardware_tier=cpu")
+        self.failed_sizes = sorted(set(self.failed_sizes) | {old})
+        return self._change(iteration, max(self.min_batch, old // 2),
+                            f"out of memory at batch {old}: halve, and never use {old} or more again")
+
+    def on_step_end(self, iteration: int, stats: Mapping[str, float]) -> list[Decision]:
+        if not self.watching_memory:
+            return []
+        peak = stats.get("peak_mem_bytes")
+        if peak is not None:
+            self.window_peak = max(self.window_peak, int(peak))
+        if iteration - self.window_start < self.adjust_every or self.window_peak <= 0:
+            return []
+        peak, self.window_peak, self.window_start = self.window_peak, 0, iteration
+        new = adjusted_batch(self.batch_size, peak, self.total_memory, self.target, self.margin,
+                             self.min_batch, self.max_batch, self.ceiling)
+        used = f"peak {peak / 2**30:.2f} GiB = {peak / self.total_memory:.0%} of memory"
+        if new < self.batch_size:
+            return self._change(iteration, new, f"{used}, over the {self.target:.0%} target: shrink")
+        if new > self.batch_size:
+            return self._change(iteration, new, f"{used}, under the {self.target - self.margin:.0%} "
+                                "budget: grow")
+        return []
+
+    def _change(self, iteration: int, new: int, reason: str) -> list[Decision]:
+        old, self.batch_size = self.batch_size, int(new)
+        self.window_start, self.window_peak = iteration, 0  # judge the new size on its own window
+        return [self.decision(iteration, reason, batch_size=(old, self.batch_size))]
+
+    def _restore(self, key, value):
+        return list(value) if key == "failed_sizes" else value

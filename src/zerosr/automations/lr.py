@@ -1,0 +1,315 @@
+"""Learning rate: a warm-up ramp, then a factor on the base LR adapted from real measurements.
+
+`lr_at(i) = base_lr * warmup_ramp(i) * factor`, with `factor` always in
+[min_lr_factor, max_lr_factor]. The factor moves only for a stated reason:
+
+- plateau: the EMA-smoothed training loss has not improved by `improvement_threshold` (relative)
+  for `plateau_patience` iterations, or validation PSNR has not (same relative threshold, at least
+  two validations in a row and `plateau_patience` iterations) -> factor * reduce_factor;
+- blow-up: the smoothed loss exceeds `blowup_factor` times its best -> factor * reduce_factor,
+  then `cooldown` iterations in which nothing else moves it;
+- batch change: square-root rule, factor * sqrt(new / old);
+- repeated non-finite steps: roll back to the last good state and reduce, with a cool-down.
+
+Steady improvement holds the factor. With `enabled=false` the controller gives the project's fixed
+schedule (warm-up then cosine, `zerosr.engine.schedule.scheduled_lr`); only the non-finite rollback
+still lowers it, because that is fault handling, not tuning.
+
+`lr_range_test` is the optional start-of-run LR finder (Lightning-style); it takes callables, so
+it needs no trainer and is tested with a synthetic loss curve.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from zerosr.automations.base import Automation, Decision, is_finite, param
+from zerosr.engine.schedule import scheduled_lr
+from zerosr.errors import UserError
+
+# The LR finder may move the base LR at most this far from the preset: a noisy curve must not
+# turn a 2e-4 preset into 1e-1.
+FINDER_BOUNDS = (0.1, 10.0)
+# Non-finite steps: this many within this many iterations means the weights, not one batch, are bad.
+NONFINITE_LIMIT = 3
+NONFINITE_WINDOW = 100
+# Validations in a row without a better PSNR before they count as a plateau: one noisy
+# validation is not a plateau.
+PSNR_MISSES_FOR_PLATEAU = 2
+
+
+# --- pure maths ----------------------------------------------------------------------------------
+
+def ema_alpha(window: float) -> float:
+    """Weight of the newest value in an EMA whose memory is about `window` steps."""
+    return 1.0 - math.exp(-1.0 / max(window, 1.0))
+
+
+def smoothing_window(plateau_patience: int) -> int:
+    """EMA memory for the loss: a tenth of the patience (so a plateau spans ~10 independent
+    averages), at least 20 steps (batch noise) and at most 200 (a blow-up must show quickly)."""
+    return int(min(200, max(20, plateau_patience // 10)))
+
+
+def smooth(previous: float | None, value: float, alpha: float) -> float:
+    return value if previous is None else alpha * value + (1.0 - alpha) * previous
+
+
+def warmup_ramp(iteration: int, warmup_iter: int) -> float:
+    """Linear ramp for the 1-based `iteration` about to run: 1/warmup, 2/warmup, ..., then 1."""
+    if warmup_iter <= 0:
+        return 1.0
+    return min(1.0, max(iteration, 1) / warmup_iter)
+
+
+def clamp(value: float, low: float, high: float) -> float:
+    return max(low, min(high, value))
+
+
+def improved(value: float, best: float | None, rel_threshold: float, higher_is_better: bool = False) -> bool:
+    """True when `value` beats `best` by more than `rel_threshold` of |best| (any value beats None)."""
+    if best is None:
+        return True
+    margin = rel_threshold * abs(best)
+    return value > best + margin if higher_is_better else value < best - margin
+
+
+def blew_up(smoothed: float, best: float | None, blowup_factor: float) -> bool:
+    return best is not None and best > 0 and smoothed > blowup_factor * best
+
+
+def sqrt_batch_scale(old_batch: int, new_batch: int) -> float:
+    """Square-root rule: gradient noise scales as 1/sqrt(batch), so does the safe LR step."""
+    return math.sqrt(new_batch / old_batch)
+
+
+# --- the controller ------------------------------------------------------------------------------
+
+class LRController(Automation):
+    name = "lr"
+    STATE = ("base_lr", "factor", "smoothed", "best_loss", "last_loss_improvement", "best_psnr",
+             "last_psnr_improvement", "psnr_misses", "cooldown_until", "steps_seen", "nonfinite_iters",
+             "rollbacks", "rollback_pending", "give_up")
+
+    def __init__(self, cfg, base_lr: float, total_iter: int, warmup_iter: int):
+        super().__init__(param(cfg, "enabled", True))
+        self.total_iter, self.warmup_iter = int(total_iter), int(warmup_iter)
+        self.patience = int(param(cfg, "plateau_patience"))
+        self.reduce_factor = float(param(cfg, "reduce_factor", 0.5))
+        self.threshold = float(param(cfg, "improvement_threshold", 1e-3))
+        self.blowup_factor = float(param(cfg, "blowup_factor", 2.0))
+        self.cooldown = int(param(cfg, "cooldown"))
+        self.min_factor = float(param(cfg, "min_lr_factor"))
+        self.max_factor = float(param(cfg, "max_lr_factor"))
+        if not 0 < self.min_factor <= 1 <= self.max_factor:
+            raise UserError(f"automation.lr: need 0 < min_lr_factor <= 1 <= max_lr_factor, got "
+                            f"{self.min_factor} and {self.max_factor}: fix the override")
+        if not 0 < self.reduce_factor < 1:
+            raise UserError(f"automation.lr.reduce_factor={self.reduce_factor} must be in (0, 1)")
+        self.window = smoothing_window(self.patience)
+        self.alpha = ema_alpha(self.window)
+        self.preset_lr = float(base_lr)
+        self.base_lr = float(base_lr)
+        self.factor = 1.0
+        self.smoothed: float | None = None
+        self.best_loss: float | None = None
+        self.last_loss_improvement = 0
+        self.best_psnr: float | None = None
+        self.last_psnr_improvement = 0
+        self.psnr_misses = 0
+        self.cooldown_until = 0
+        self.steps_seen = 0
+        self.nonfinite_iters: list[int] = []
+        self.rollbacks = 0
+        self.rollback_pending = False
+        self.give_up = False  # rolled back at the floor LR: the loop should stop with an error
+
+    # what the loop applies ---------------------------------------------------------------------
+    def lr_at(self, iteration: int, factor: float | None = None) -> float:
+        """LR for the 1-based `iteration` about to run (write it into every param group)."""
+        factor = self.factor if factor is None else factor
+        if not self.enabled:  # the fixed schedule; `factor` moves only after a non-finite rollback
+            return scheduled_lr(self.base_lr, iteration, self.warmup_iter, self.total_iter) * factor
+        return self.base_lr * warmup_ramp(iteration, self.warmup_iter) * factor
+
+    def take_rollback(self) -> bool:
+        """True once after `on_nonfinite` asked for a rollback (then cleared)."""
+        pending, self.rollback_pending = self.rollback_pending, False
+        return pending
+
+    # hooks ---------------------------------------------------------------------------------------
+    def on_step_end(self, iteration: int, stats: Mapping[str, float]) -> list[Decision]:
+        loss = stats.get("loss")
+        if not self.enabled or not is_finite(loss):
+            return []
+        self.smoothed = smooth(self.smoothed, float(loss), self.alpha)
+        self.steps_seen += 1
+        if self.steps_seen < self.window:  # the EMA still remembers the first, untrained batches
+            self.last_loss_improvement = iteration
+            return []
+        if improved(self.smoothed, self.best_loss, self.threshold):
+            self.best_loss, self.last_loss_improvement = self.smoothed, iteration
+        if iteration < self.cooldown_until:
+            return []
+        if blew_up(self.smoothed, self.best_loss, self.blowup_factor):
+            return self._reduce(iteration, f"blow-up: smoothed loss {self.smoothed:.4g} is over "
+                                f"{self.blowup_factor:g}x its best {self.best_loss:.4g}; cooling down "
+                                f"{self.cooldown} iterations", cool_down=True)
+        stalled = iteration - self.last_loss_improvement
+        if iteration > self.warmup_iter and stalled >= self.patience:
+            return self._reduce(iteration, f"plateau: smoothed loss has not improved by "
+                                f"{self.threshold:.2%} for {stalled} iterations (best {self.best_loss:.4g})")
+        return []
+
+    def on_validation(self, iteration: int, metrics: Mapping[str, float]) -> list[Decision]:
+        psnr = metrics.get("val/psnr")
+        if not self.enabled or not is_finite(psnr):
+            return []
+        psnr = float(psnr)
+        if improved(psnr, self.best_psnr, self.threshold, higher_is_better=True):
+            self.best_psnr, self.last_psnr_improvement, self.psnr_misses = psnr, iteration, 0
+            return []
+        self.psnr_misses += 1
+        stalled = iteration - self.last_psnr_improvement
+        if (iteration > self.warmup_iter and iteration >= self.cooldown_until
+                and self.psnr_misses >= PSNR_MISSES_FOR_PLATEAU and stalled >= self.patience):
+            return self._reduce(iteration, f"plateau: validation PSNR {psnr:.2f} dB has not beaten "
+                                f"{self.best_psnr:.2f} dB for {stalled} iterations ({self.psnr_misses} validations)")
+        return []
+
+    def on_nonfinite(self, iteration: int) -> list[Decision]:
+        """The loop skipped a step whose loss or gradients were NaN/Inf. The third within
+        NONFINITE_WINDOW iterations asks for a rollback (`take_rollback()`) and lowers the LR."""
+        recent = [i for i in self.nonfinite_iters if iteration - i < NONFINITE_WINDOW] + [int(iteration)]
+        self.nonfinite_iters = recent
+        skipped = self.decision(iteration, f"loss or gradients not finite: step skipped ({len(recent)} "
+                                f"within {NONFINITE_WINDOW} iterations)",
+                                skipped_steps=(len(recent) - 1, len(recent)))
+        if len(recent) < NONFINITE_LIMIT:
+            return [skipped]
+        self.nonfinite_iters = []
+        self.rollbacks += 1
+        self.rollback_pending = True
+        if self.factor <= self.min_factor:
+            self.give_up = True
+        rollback = self.decision(iteration, f"{len(recent)} non-finite steps within {NONFINITE_WINDOW} "
+                                 "iterations: restore the last good state",
+                                 rollback=(self.rollbacks - 1, self.rollbacks))
+        reduced = self._reduce(iteration, "non-finite steps keep coming: lower LR after the rollback",
+                               cool_down=True)
+        return [skipped, rollback] + reduced
+
+    # changes from outside --------------------------------------------------------------------------
+    def scale_for_batch(self, old_batch: int, new_batch: int, iteration: int) -> list[Decision]:
+        """Call whenever the batch size changes: LR follows by the square-root rule, within bounds."""
+        if not self.enabled or old_batch == new_batch:
+            return []
+        return self._set_factor(iteration, self.factor * sqrt_batch_scale(old_batch, new_batch),
+                                f"batch {old_batch} -> {new_batch}: square-root rule")
+
+    def adopt_base_lr(self, found_lr: float, iteration: int = 0) -> list[Decision]:
+        """Take the LR finder's pick as the base LR, kept within FINDER_BOUNDS of the preset."""
+        low, high = (self.preset_lr * bound for bound in FINDER_BOUNDS)
+        new = clamp(float(found_lr), low, high)
+        old, self.base_lr = self.base_lr, new
+        note = "" if new == found_lr else f" (finder said {found_lr:.3g}, kept within {low:.3g}..{high:.3g})"
+        return [self.decision(iteration, f"LR range test: steepest loss descent{note}", base_lr=(old, new))]
+
+    # internals --------------------------------------------------------------------------------------
+    def _reduce(self, iteration: int, reason: str, cool_down: bool = False) -> list[Decision]:
+        # Every reduction restarts the plateau clocks: the next one needs a fresh `patience`.
+        self.last_loss_improvement = self.last_psnr_improvement = iteration
+        self.psnr_misses = 0
+        if cool_down:
+            self.cooldown_until = iteration + self.cooldown
+        return self._set_factor(iteration, self.factor * self.reduce_factor, reason)
+
+    def _set_factor(self, iteration: int, wanted: float, reason: str) -> list[Decision]:
+        new = clamp(wanted, self.min_factor, self.max_factor)
+        if new == self.factor:
+            return []
+        if new != wanted:
+            reason += f" (held at the {'floor' if new == self.min_factor else 'ceiling'} {new:g})"
+        old, self.factor = self.factor, new
+        # `lr`: what the next step runs at, before and after this decision.
+        return [self.decision(iteration, reason, lr_factor=(old, new),
+                              lr=(self.lr_at(iteration + 1, old), self.lr_at(iteration + 1, new)))]
+
+    def _restore(self, key, value):
+        return list(value) if key == "nonfinite_iters" else value
+
+
+# --- LR range test -------------------------------------------------------------------------------
+
+@dataclass
+class RangeTestResult:
+    lr: float | None  # the steepest-descent LR; None when the curve was too short to judge
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # raw, one per step run
+    smoothed: list[float] = field(default_factory=list)  # what the pick was made on
+    diverged: bool = False
+
+
+def exponential_lrs(min_lr: float, max_lr: float, steps: int) -> list[float]:
+    return [float(lr) for lr in np.geomspace(min_lr, max_lr, steps)]
+
+
+def ema_series(values: list[float], beta: float) -> list[float]:
+    """Bias-corrected EMA of `values` (the first points are not pulled toward 0)."""
+    out, average = [], 0.0
+    for i, value in enumerate(values):
+        average = beta * average + (1 - beta) * value
+        out.append(average / (1 - beta ** (i + 1)))
+    return out
+
+
+def zero_lag_smooth(values: list[float], beta: float) -> list[float]:
+    """EMA forward, then backward: as smooth as two EMAs, without their delay. A one-way EMA lags
+    about beta/(1-beta) steps, which on an exponential LR sweep would move the pick to a larger
+    (riskier) LR."""
+    return ema_series(ema_series(values, beta)[::-1], beta)[::-1]
+
+
+def steepest_descent_index(smoothed: list[float], skip_begin: int = 10, skip_end: int = 1) -> int | None:
+    """Index of the most negative slope of the loss curve (equal log-LR spacing), ignoring the
+    noisy first points and the divergent tail, as Lightning's suggestion does."""
+    end = len(smoothed) - skip_end
+    if end - skip_begin < 3:
+        return None
+    slopes = np.gradient(np.asarray(smoothed[skip_begin:end], dtype=float))
+    return skip_begin + int(np.argmin(slopes))
+
+
+def lr_range_test(step_fn: Callable[[float], float], restore_fn: Callable[[], None],
+                  min_lr: float = 1e-7, max_lr: float = 1.0, steps: int = 100,
+                  beta: float = 0.9, divergence: float = 4.0) -> RangeTestResult:
+    """Run `step_fn(lr) -> loss` (one real training step at that LR) at exponentially growing LRs;
+    stop once the EMA of the loss exceeds `divergence` x its best or a loss is not finite; always
+    call `restore_fn()` afterwards to put the model and optimizer back. The pick is the steepest
+    descent of the (zero-lag) smoothed curve; pass it to `LRController.adopt_base_lr`."""
+    result = RangeTestResult(lr=None)
+    average, best = 0.0, math.inf
+    try:
+        for i, lr in enumerate(exponential_lrs(min_lr, max_lr, steps)):
+            loss = float(step_fn(lr))
+            if not math.isfinite(loss):
+                result.diverged = True
+                break
+            average = beta * average + (1 - beta) * loss
+            value = average / (1 - beta ** (i + 1))
+            if value > divergence * best:  # the diverging point stays out of the curve
+                result.diverged = True
+                break
+            best = min(best, value)
+            result.lrs.append(lr)
+            result.losses.append(loss)
+    finally:
+        restore_fn()
+    result.smoothed = zero_lag_smooth(result.losses, beta)
+    index = steepest_descent_index(result.smoothed)
+    result.lr = None if index is None else result.lrs[index]
+    return result

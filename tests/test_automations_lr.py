@@ -1,0 +1,208 @@
+"""LR controller: warm-up, plateau and blow-up reductions, bounds, square-root rule, rollbacks, LR finder."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from zerosr.automations.lr import (LRController, lr_range_test, smoothing_window, sqrt_batch_scale,
+                                   steepest_descent_index, warmup_ramp)
+from zerosr.engine.schedule import scheduled_lr
+from zerosr.errors import UserError
+
+CFG = {"enabled": True, "plateau_patience": 100, "reduce_factor": 0.5, "improvement_threshold": 1e-3,
+       "blowup_factor": 2.0, "cooldown": 50, "min_lr_factor": 0.1, "max_lr_factor": 2.0}
+
+
+def controller(**overrides) -> LRController:
+    return LRController({**CFG, **overrides}, base_lr=1e-3, total_iter=10_000, warmup_iter=10)
+
+
+def run(lr: LRController, losses, start: int = 1) -> list:
+    decisions = []
+    for i, loss in enumerate(losses, start=start):
+        decisions += lr.on_step_end(i, {"loss": loss})
+    return decisions
+
+
+def test_warmup_ramp_then_factor():
+    lr = controller()
+    assert warmup_ramp(1, 10) == pytest.approx(0.1) and warmup_ramp(10, 10) == 1.0 and warmup_ramp(5, 0) == 1.0
+    assert lr.lr_at(1) == pytest.approx(1e-4)
+    assert lr.lr_at(10) == pytest.approx(1e-3)
+    lr.factor = 0.5
+    assert lr.lr_at(500) == pytest.approx(5e-4)
+
+
+def test_flat_loss_is_a_plateau_and_factor_halves_per_patience_down_to_the_floor():
+    lr = controller()
+    window = smoothing_window(100)
+    first_best = window  # the first trusted smoothed loss
+    assert run(lr, [1.0] * (first_best + 99)) == []
+    assert lr.factor == 1.0
+    decisions = run(lr, [1.0], start=first_best + 100)
+    assert lr.factor == 0.5
+    assert decisions[0].change["lr_factor"] == (1.0, 0.5) and decisions[0].reason.startswith("plateau")
+    run(lr, [1.0] * 1000, start=first_best + 101)
+    assert lr.factor == pytest.approx(0.1)  # 0.5, 0.25, 0.125, then held at the floor
+
+
+def test_steady_improvement_holds_the_factor():
+    lr = controller()
+    assert run(lr, [math.exp(-i / 2000) for i in range(1, 2000)]) == []
+    assert lr.factor == 1.0
+
+
+def test_noisy_but_improving_loss_holds():
+    rng = np.random.default_rng(0)
+    lr = controller()
+    losses = [math.exp(-i / 1000) * (1 + 0.2 * rng.standard_normal()) for i in range(1, 1500)]
+    run(lr, losses)
+    assert lr.factor == 1.0
+
+
+def test_blowup_reduces_then_cools_down():
+    lr = controller()
+    run(lr, [1.0 / (1 + i / 100) for i in range(1, 301)])
+    best = lr.best_loss
+    decisions = run(lr, [10 * best] * 10, start=301)
+    assert lr.factor == 0.5
+    assert any(d.reason.startswith("blow-up") for d in decisions)
+    hit = next(d.iteration for d in decisions if d.reason.startswith("blow-up"))
+    # Still blown up, but cooling down: no further cut for `cooldown` iterations.
+    run(lr, [10 * best] * (50 - (310 - hit) - 1), start=311)
+    assert lr.factor == 0.5
+    run(lr, [10 * best] * 2, start=hit + 50)
+    assert lr.factor == 0.25
+
+
+def test_validation_psnr_plateau_counts_even_when_loss_improves():
+    lr = controller()
+    decisions = []
+    for it in range(1, 601):
+        decisions += lr.on_step_end(it, {"loss": math.exp(-it / 500)})
+        if it % 100 == 0:
+            decisions += lr.on_validation(it, {"val/psnr": 30.0, "val/ssim": 0.9})
+    # best at 100; misses at 200 (stalled 100, one miss), 300 (two misses) -> cut at 300
+    assert [d.iteration for d in decisions] == [300, 500]
+    assert lr.factor == 0.25 and "validation PSNR" in decisions[0].reason
+
+
+def test_improving_psnr_never_cuts():
+    lr = controller()
+    for it in range(100, 2001, 100):
+        assert lr.on_validation(it, {"val/psnr": 25.0 + it / 100}) == []
+
+
+def test_factor_bounds_and_square_root_rule():
+    lr = controller()
+    assert sqrt_batch_scale(16, 4) == 0.5
+    lr.scale_for_batch(16, 4, iteration=5)
+    assert lr.factor == pytest.approx(0.5)
+    decisions = lr.scale_for_batch(4, 64, iteration=6)
+    assert lr.factor == 2.0  # sqrt(16) * 0.5 = 2.0, exactly the ceiling
+    lr.scale_for_batch(4, 64, iteration=7)
+    assert lr.factor == 2.0 and decisions[0].change["lr_factor"] == (0.5, 2.0)
+    lr.scale_for_batch(64, 1, iteration=8)
+    assert lr.factor == pytest.approx(0.25)
+    lr.scale_for_batch(64, 1, iteration=9)
+    assert lr.factor == pytest.approx(0.1)  # floor
+    assert lr.scale_for_batch(8, 8, iteration=10) == []
+
+
+def test_three_nonfinite_steps_in_a_window_roll_back_and_lower_the_lr():
+    lr = controller()
+    assert len(lr.on_nonfinite(100)) == 1 and not lr.take_rollback()
+    lr.on_nonfinite(150)
+    decisions = lr.on_nonfinite(199)
+    assert lr.take_rollback() and not lr.take_rollback()
+    assert lr.factor == 0.5 and lr.cooldown_until == 199 + 50
+    assert any("rollback" in d.change for d in decisions)
+    # Spread out, they are single bad batches: no rollback.
+    for it in (1000, 1200, 1400):
+        lr.on_nonfinite(it)
+    assert not lr.take_rollback()
+
+
+def test_rollback_at_the_floor_gives_up():
+    lr = controller(min_lr_factor=0.5)
+    for it in (1, 2, 3):
+        lr.on_nonfinite(it)
+    assert lr.factor == 0.5 and not lr.give_up
+    for it in (4, 5, 6):
+        lr.on_nonfinite(it)
+    assert lr.give_up
+
+
+def test_disabled_controller_gives_the_fixed_schedule():
+    lr = controller(enabled=False)
+    assert lr.lr_at(500) == scheduled_lr(1e-3, 500, 10, 10_000)
+    assert run(lr, [1.0] * 1000) == [] and lr.factor == 1.0
+
+
+def test_bad_bounds_are_a_user_error():
+    with pytest.raises(UserError):
+        controller(min_lr_factor=1.5)
+
+
+def test_state_round_trip_keeps_decisions():
+    lr = controller()
+    run(lr, [1.0] * 300)
+    lr.on_nonfinite(301)
+    clone = controller()
+    clone.load_state_dict(lr.state_dict())
+    assert clone.state_dict() == lr.state_dict()
+    assert clone.factor == lr.factor < 1.0 and clone.lr_at(400) == lr.lr_at(400)
+
+
+def test_adopted_base_lr_stays_near_the_preset():
+    lr = controller()
+    lr.adopt_base_lr(5e-3)
+    assert lr.base_lr == 5e-3
+    decisions = lr.adopt_base_lr(1.0)
+    assert lr.base_lr == pytest.approx(1e-2) and "kept within" in decisions[0].reason
+
+
+def synthetic_curve(center: float, noise: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+
+    def step(lr: float) -> float:
+        if lr > 3e-2:
+            return 50.0
+        x = math.log10(lr / center)
+        return 1 - 0.9 / (1 + math.exp(-2.5 * x)) + noise * rng.standard_normal()
+
+    return step
+
+
+@pytest.mark.parametrize("center", [3e-5, 3e-4, 1e-3])
+def test_range_test_finds_the_steepest_descent_and_restores(center):
+    restored = []
+    result = lr_range_test(synthetic_curve(center, noise=0.02), lambda: restored.append(True))
+    assert restored == [True]
+    assert result.diverged and len(result.lrs) < 100
+    assert center / 2 <= result.lr <= center * 2
+
+
+def test_range_test_restores_even_when_a_step_fails():
+    restored = []
+
+    def step(lr):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        lr_range_test(step, lambda: restored.append(True))
+    assert restored == [True]
+
+
+def test_range_test_stops_on_nan():
+    result = lr_range_test(lambda lr: float("nan") if lr > 1e-3 else 1.0 - lr, lambda: None)
+    assert result.diverged and max(result.lrs) <= 1e-3
+
+
+def test_steepest_descent_index_needs_a_curve():
+    assert steepest_descent_index([1.0] * 12) is None
+    curve = [1.0] * 20 + [0.9, 0.6, 0.3, 0.25] + [0.24] * 10
+    assert steepest_descent_index(curve) in (21, 22)
