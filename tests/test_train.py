@@ -114,3 +114,32 @@ def test_cli_trains_and_prints_summary(data, tmp_path):
     assert "=== zerosr run summary ===" in out.stdout
     assert "bicubic PSNR" in out.stdout and "best.safetensors" in out.stdout
     assert (tmp_path / "cli" / "resolved_config.yaml").exists()
+
+
+def test_ctrl_c_saves_state_and_resume_auto_finishes(data, tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(data, **{"train.total_iter": 400, "train.save_freq": 2, "train.val_freq": 200,
+                                   "hardware_tier.num_workers": 1})
+    env = {**os.environ, "ZEROSR_FAKE_HARDWARE": ""}
+    process = subprocess.Popen([sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first_state = run_dir / "training_state" / "state_00000002.pt.sha256"
+    deadline = time.monotonic() + 240
+    while not first_state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling for the first checkpoint, not a fixed wait
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-2000:]
+    assert "interrupted at iteration" in out and "Traceback" not in err
+    saved = sorted((run_dir / "training_state").glob("state_*.pt"))
+    interrupted_at = int(saved[-1].stem.split("_")[1])
+    assert 2 <= interrupted_at < 400
+    finish = subprocess.run([sys.executable, "train.py", *args, "train.total_iter=" + str(interrupted_at + 2),
+                             "train.resume=auto", f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    assert f"resumed      from" in finish.stdout and f"at iteration {interrupted_at}" in finish.stdout
+    assert (run_dir / "training_state" / f"state_{interrupted_at + 2:08d}.pt").exists()

@@ -95,19 +95,21 @@ def search_batch_size(trainer: Trainer) -> list[Decision]:
                 _synthetic_step(trainer, batch, lq)
                 return batch / (time.perf_counter() - begin)
 
-            candidates = [b for b in (2, 4, 8, 12, 16, 24, 32) if auto.min_batch_size <= b <= auto.max_batch_size]
+            # One octave either side of the tier's batch: throughput on a CPU is flat beyond that.
+            candidates = [b for b in (old_batch // 2, old_batch, old_batch * 2)
+                          if auto.min_batch_size <= b <= auto.max_batch_size]
             batch, speeds = cpu_batch_size(samples_per_second, candidates or [old_batch], budget, per_sample)
             rates = ", ".join(f"{b}: {s:.0f}" for b, s in sorted(speeds.items()))
             why = f"measured samples/s ({rates}) within {budget / 2**30:.1f} GiB RAM: the smallest near the fastest"
     seconds = time.perf_counter() - started
-    decisions = []
     change = {}
     if batch != old_batch:
         change["batch_size"] = (old_batch, batch)
     if lq != old_lq:
         change["lq_size"] = (old_lq, lq)
+    # Recorded even when nothing changed: the measurement is what justifies keeping the size.
+    decisions = [Decision(0, "batch", change, f"start-up search in {seconds:.1f} s: {why}")]
     if change:
-        decisions.append(Decision(0, "batch", change, f"start-up search in {seconds:.1f} s: {why}"))
         suite.batch.batch_size = batch
         decisions += suite.lr.scale_for_batch(old_batch, batch, 0)
         trainer.apply_batch_and_patch(batch, lq)

@@ -10,15 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from zerosr.data.degrade import resize_weights
 from zerosr.engine.tiling import tiled_forward
 from zerosr.metrics import calculate_psnr, calculate_ssim, tensor_to_uint8
 from zerosr.report.images import save_comparison, save_image
 
 
 def bicubic_upscale(lq: torch.Tensor, scale: int) -> torch.Tensor:
-    return F.interpolate(lq, scale_factor=scale, mode="bicubic", align_corners=False).clamp_(0, 1)
+    """MATLAB `imresize(lq, scale, 'bicubic')`, the "bicubic" row of SR papers (N, C, H, W)."""
+    h, w = lq.shape[-2:]
+    rows = torch.from_numpy(resize_weights(h, h * scale, float(scale))).to(lq)
+    cols = torch.from_numpy(resize_weights(w, w * scale, float(scale))).to(lq)
+    return torch.einsum("ih,nchw,jw->ncij", rows, lq, cols).clamp_(0, 1)
 
 
 def _scores(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[float, float]:

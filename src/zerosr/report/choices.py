@@ -36,7 +36,7 @@ def describe_choices(cfg: DictConfig, hardware: Hardware) -> str:
         f"batch {train.batch_size} x {train.lq_size}px LR patches, EMA {train.ema_decay}",
         f"             validate every {train.val_freq}, save every {train.save_freq}, "
         f"log every {train.log_freq}",
-        f"data         {cfg.data.name}" + (f": {cfg.data.gt_path} / {cfg.data.lq_path or 'bicubic LR'}"
+        f"dataset      {cfg.data.name}" + (f": {cfg.data.gt_path} / {cfg.data.lq_path or 'bicubic LR'}"
                                          if cfg.data.gt_path else ""),
     ]
     if not auto.enabled:
