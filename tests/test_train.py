@@ -143,3 +143,25 @@ def test_ctrl_c_saves_state_and_resume_auto_finishes(data, tmp_path):
     assert finish.returncode == 0, finish.stderr[-2000:]
     assert f"resumed      from" in finish.stdout and f"at iteration {interrupted_at}" in finish.stdout
     assert (run_dir / "training_state" / f"state_{interrupted_at + 2:08d}.pt").exists()
+
+
+def test_perceptual_loss_without_weights_is_a_clear_error():
+    from zerosr.engine.objective import build_objective
+    from zerosr.errors import UserError
+
+    with pytest.raises(UserError, match="VGG19"):
+        build_objective([{"_target_": "zerosr.losses.PerceptualLoss", "weight": 0.1}], torch.device("cpu"), 1e-3)
+
+
+def test_run_with_msssim_and_gan_trains_the_discriminator(data, tmp_path):
+    losses = ("[{_target_: zerosr.losses.CharbonnierLoss, weight: 1.0}, {_target_: zerosr.losses.MSSSIMLoss, "
+              "weight: 0.2}, {_target_: zerosr.losses.GANLoss, weight: 0.01, gan_type: hinge, "
+              "discriminator: {_target_: zerosr.losses.UNetDiscriminatorSN, num_feat: 8}}]")
+    run(tiny_overrides(data, **{"train.losses": losses, "train.total_iter": 2, "train.val_freq": 2,
+                                "train.save_freq": 2, "train.lq_size": 24}), tmp_path / "run")
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss/charbonnier", "loss/msssim", "loss/gan"} <= set(steps[0])
+    from zerosr.engine.checkpoint import load_training_state
+
+    state = load_training_state(tmp_path / "run" / "training_state" / "state_00000002.pt")
+    assert state["objective"]["d_optimizer"]["state"]  # the discriminator's optimizer has stepped

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -23,7 +24,7 @@ _ENGINE_KEYS = ("weight", "name", "discriminator", "optimizer")
 def _default_name(target: str) -> str:
     """`zerosr.losses.CharbonnierLoss` -> `charbonnier`."""
     cls = target.rsplit(".", 1)[-1]
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", re.sub(r"Loss$", "", cls)).lower() or cls.lower()
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", re.sub(r"Loss$", "", cls)).lower() or cls.lower()
 
 
 @dataclass
@@ -89,7 +90,7 @@ def build_objective(losses: list | DictConfig, device: torch.device, default_lr:
         name = str(spec.get("name") or _default_name(spec["_target_"]))
         while name in weights:
             name += "_2"
-        module = instantiate({k: v for k, v in spec.items() if k not in _ENGINE_KEYS}).to(device)
+        module = _instantiate({k: v for k, v in spec.items() if k not in _ENGINE_KEYS}).to(device)
         weights[name] = weight
         if hasattr(module, "discriminator_loss"):
             if gan is not None:
@@ -100,10 +101,22 @@ def build_objective(losses: list | DictConfig, device: torch.device, default_lr:
     return Objective(terms=terms, weights=weights, gan=gan, base_weights=dict(weights))
 
 
+def _instantiate(spec: dict, **kwargs):
+    """Hydra's instantiate, with a user's mistake (a UserError, or a bad _target_) kept to one line."""
+    try:
+        return instantiate(spec, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise UserError(f"train.losses: could not build {spec.get('_target_')}: "
+                        f"{str(cause or error).splitlines()[0]}") from None
+
+
 def _build_gan(loss: nn.Module, spec: dict, device: torch.device, default_lr: float, name: str) -> GANPair:
     d_spec = spec.get("discriminator") or {"_target_": "zerosr.losses.UNetDiscriminatorSN"}
-    discriminator = instantiate(d_spec).to(device)
+    discriminator = _instantiate(d_spec).to(device)
     discriminator.requires_grad_(False)  # only the discriminator step turns its gradients on
     o_spec = spec.get("optimizer") or {"_target_": "torch.optim.AdamW", "lr": default_lr, "betas": [0.9, 0.99]}
-    optimizer = instantiate(o_spec, params=discriminator.parameters())
+    optimizer = _instantiate(o_spec, params=discriminator.parameters())
     return GANPair(loss=loss, discriminator=discriminator, optimizer=optimizer, name=name)

@@ -1,0 +1,169 @@
+"""Measure image decoding and DataLoader stalls; prints one JSON object.
+
+1. Decode time per image for OpenCV and Pillow, on PNG and on JPEG (the same images re-encoded at
+   quality 95), and whether each keeps 16-bit RGB.
+2. The share of training-loop time spent waiting for the next batch, with N DataLoader workers,
+   with and without the RAM cache, while a ~10k-parameter model trains on the batches.
+
+Data: ../shared/data/bsd100_x2 (100 HR/LR PNG pairs, 480x320 HR) when present, else generated.
+
+    .venv/bin/python bench/loader.py                 # workers 1 and 2
+    .venv/bin/python bench/loader.py --workers 0 1 2 --steps 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from zerosr.data.datasets import PairedPatchDataset, seed_worker
+from zerosr.data.demo import generate_image
+from zerosr.data.io import quantize, read_image_raw, write_image
+from zerosr.data.pairing import pair_images
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "bsd100_x2"
+SCALE = 2
+
+
+def read_with_pillow(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def read_with_opencv(path: Path) -> np.ndarray:
+    return read_image_raw(path)  # zerosr's reader: OpenCV imdecode + BGR->RGB
+
+
+def decode_ms_per_image(files: list[Path], repeats: int = 5) -> dict[str, float]:
+    """Best-of-`repeats` mean decode time; the libraries alternate so background load hits both alike."""
+    readers = {"opencv": read_with_opencv, "pillow": read_with_pillow}
+    best = {name: float("inf") for name in readers}
+    for _ in range(repeats):
+        for name, reader in readers.items():
+            start = time.perf_counter()
+            for path in files:
+                reader(path)
+            best[name] = min(best[name], (time.perf_counter() - start) / len(files))
+    return {name: round(seconds * 1000, 3) for name, seconds in best.items()}
+
+
+def keeps_16_bit(reader, folder: Path) -> bool:
+    values = (np.arange(8 * 8 * 3, dtype=np.uint16).reshape(8, 8, 3) * 257 + 1)  # never a multiple of 257
+    path = folder / "rgb16.png"
+    write_image(path, values)
+    decoded = reader(path)
+    return decoded.dtype == np.uint16 and np.array_equal(decoded, values)
+
+
+def make_pairs(workdir: Path) -> tuple[str, list[tuple[Path, Path]]]:
+    if (SHARED_DATA / "hr").is_dir():
+        return str(SHARED_DATA), pair_images(SHARED_DATA / "hr", SHARED_DATA / "lr", SCALE)
+    from zerosr.data.degrade import bicubic_downscale
+
+    for i in range(40):
+        hr = generate_image(i, size=384)
+        write_image(workdir / "hr" / f"{i:03d}.png", quantize(hr))
+        write_image(workdir / "lr" / f"{i:03d}.png", quantize(bicubic_downscale(hr, SCALE)))
+    return "generated (40 images, 384x384 HR)", pair_images(workdir / "hr", workdir / "lr", SCALE)
+
+
+def nano_model() -> nn.Module:
+    """Three 3x3 convs and a pixel shuffle: about 8.5k parameters."""
+    return nn.Sequential(
+        nn.Conv2d(3, 24, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(24, 24, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(24, 3 * SCALE * SCALE, 3, padding=1), nn.PixelShuffle(SCALE),
+    )
+
+
+def measure_loader(pairs, workers: int, cache: bool, steps: int, batch: int, lq_size: int) -> dict:
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    dataset = PairedPatchDataset(pairs, SCALE, lq_size, cache=cache, length=(steps + 5) * batch)
+    build_s = time.perf_counter() - start
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, worker_init_fn=seed_worker,
+                        persistent_workers=workers > 0, drop_last=True)
+    model = nano_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = iter(loader)
+    waited = total = 0.0
+    for step in range(steps + 5):
+        t0 = time.perf_counter()
+        data = next(batches)
+        t1 = time.perf_counter()
+        loss = (model(data["lq"]) - data["gt"]).abs().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        t2 = time.perf_counter()
+        if step >= 5:  # the first batches include worker start-up
+            waited += t1 - t0
+            total += t2 - t0
+    del batches
+    return {
+        "workers": workers,
+        "cache": cache,
+        "dataset_build_s": round(build_s, 3),
+        "step_ms": round(total / steps * 1000, 2),
+        # The wait share alone flatters slow set-ups: workers that decode steal the model's cores.
+        "samples_per_s": round(steps * batch / total, 1),
+        "wait_ms_per_step": round(waited / steps * 1000, 2),
+        "wait_fraction": round(waited / total, 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lq-size", type=int, default=48)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        source, pairs = make_pairs(workdir)
+        png_files = [gt for gt, _ in pairs[:40]]
+        jpeg_files = []
+        for path in png_files:
+            jpeg = workdir / "jpeg" / (path.stem + ".jpg")
+            jpeg.parent.mkdir(exist_ok=True)
+            Image.open(path).save(jpeg, quality=95)
+            jpeg_files.append(jpeg)
+        first = read_image_raw(png_files[0])
+
+        report = {
+            "data": source,
+            "pairs": len(pairs),
+            "hr_shape_first": list(first.shape),
+            "cpu_count": os.cpu_count(),
+            # Other processes on the machine skew every number below; compare with cpu_count.
+            "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+            "torch_threads": torch.get_num_threads(),
+            "versions": {"opencv": cv2.__version__, "pillow": Image.__version__, "torch": torch.__version__},
+            "decode_ms_per_image": {"png": decode_ms_per_image(png_files),
+                                    "jpeg_q95": decode_ms_per_image(jpeg_files)},
+            "keeps_16bit_rgb_png": {"opencv": keeps_16_bit(read_with_opencv, workdir),
+                                    "pillow": keeps_16_bit(read_with_pillow, workdir)},
+            "loop": {"batch": args.batch, "lq_size": args.lq_size, "scale": SCALE, "steps": args.steps,
+                     "model_params": sum(p.numel() for p in nano_model().parameters())},
+            "loader": [measure_loader(pairs, n, cache, args.steps, args.batch, args.lq_size)
+                       for n in args.workers for cache in (True, False)],
+        }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
