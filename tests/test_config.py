@@ -77,10 +77,15 @@ def test_arch_presets_scale_with_model_size(fake_hardware):
     assert momenta == [0.85, 0.87, 0.89, 0.91, 0.93, 0.95, 0.96, 0.97]
 
 
+def test_automation_off_can_switch_one_back_on():
+    auto = resolved(["automation=off", "automation.clip.enabled=true"])["automation"]
+    assert auto["clip"]["enabled"] and not auto["lr"]["enabled"]
+
+
 def test_automation_off_disables_everything():
     cfg = resolved(["automation=off"])
     auto = cfg["automation"]
-    assert auto["name"] == "off" and not auto["enabled"]
+    assert auto["name"] == "off"
     assert not any(auto[k]["enabled"] for k in ("lr", "batch", "clip", "early_stop", "loss_schedule",
                                                  "dataset_analysis"))
 
@@ -95,6 +100,8 @@ def test_schema_rejects_at_composition(override):
 @pytest.mark.parametrize("override, words", [
     ("train.lr=-1", "train.lr"), ("scale=5", "scale=5"), ("train.batch_size=0", "train.batch_size"),
     ("train.total_iter=0", "train.total_iter"), ("train.ema_decay=1.5", "ema_decay"),
+    ("automation.clip.history=0", "clip.history"), ("automation.clip.percentile=150", "clip.percentile"),
+    ("automation.early_stop.patience=-5", "early_stop.patience"), ("train.optimizer.lr=0.5", "train.optimizer.lr"),
 ])
 def test_bounds_are_checked_before_any_work(override, words):
     cfg = compose_config([override])

@@ -42,6 +42,7 @@ def test_precision_follows_compute_capability(fake_hardware):
 def test_loader_workers_from_cores(fake_hardware):
     fake_hardware(cpu_cores=2)
     assert loader_workers(probe(), cap=8) == 1
+    assert loader_workers(probe(), cap=2, share=0.25) == 0  # cpu tier: the model needs both cores
     fake_hardware(cpu_cores=32)
     assert loader_workers(probe(), cap=8) == 8
     fake_hardware(gpus=[gpu(24.0)] * 4, cpu_cores=16)

@@ -13,6 +13,11 @@ class HardwareDetector:
     """The seed's API: the probe, the tier and the recommendations derived from them."""
 
     def __init__(self, arch: str = "paragonsr2_nano"):
+        from zerosr.archs.variants import VARIANTS
+        from zerosr.errors import UserError
+
+        if arch not in VARIANTS:
+            raise UserError(f"unknown architecture '{arch}': choose one of {', '.join(VARIANTS)}")
         self.hardware: Hardware = probe()
         self.arch = arch
 

@@ -33,7 +33,42 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.hardware_tier.precision in PRECISIONS,
              f"hardware_tier.precision={cfg.hardware_tier.precision} is not one of {', '.join(PRECISIONS)}")
     _require(cfg.hardware_tier.num_workers >= 0, "hardware_tier.num_workers must be 0 or more")
+    if "lr" in train.optimizer and float(train.optimizer.lr) != float(train.lr):
+        raise UserError(f"train.optimizer.lr={train.optimizer.lr} differs from train.lr={train.lr}: set train.lr "
+                        "(the schedule and the automations start from it)")
+    _validate_automation(cfg.automation)
     if cfg.data.name != "demo":
         _require(bool(cfg.data.gt_path), "data.gt_path is not set: give your HR folder, data.gt_path=PATH/TO/HR")
     if (cfg.data.val_gt_path is None) != (cfg.data.val_lq_path is None) and cfg.data.val_lq_path is not None:
         raise UserError("data.val_lq_path is set without data.val_gt_path: give both validation folders")
+
+
+def _validate_automation(auto: DictConfig) -> None:
+    """Bounds of the automation keys a user may override one at a time."""
+    lr, batch, clip, stop, schedule = auto.lr, auto.batch, auto.clip, auto.early_stop, auto.loss_schedule
+    checks = [
+        (lr.plateau_patience >= 1, "automation.lr.plateau_patience must be at least 1"),
+        (0 < lr.reduce_factor < 1, "automation.lr.reduce_factor must be in (0, 1), e.g. 0.5"),
+        (0 < lr.min_lr_factor <= 1 <= lr.max_lr_factor,
+         "automation.lr needs 0 < min_lr_factor <= 1 <= max_lr_factor"),
+        (lr.cooldown >= 0, "automation.lr.cooldown must be 0 or more"),
+        (lr.blowup_factor > 1, "automation.lr.blowup_factor must be above 1, e.g. 2.0"),
+        (1 <= batch.min_batch_size <= batch.max_batch_size,
+         "automation.batch needs 1 <= min_batch_size <= max_batch_size"),
+        (batch.adjust_every >= 1, "automation.batch.adjust_every must be at least 1"),
+        (batch.target_vram_usage is None or 0 < batch.target_vram_usage <= 1,
+         "automation.batch.target_vram_usage must be in (0, 1]"),
+        (0 < clip.percentile <= 100, "automation.clip.percentile must be in (0, 100], e.g. 98"),
+        (clip.history >= 1, "automation.clip.history must be at least 1"),
+        (0 < clip.min_clip <= clip.max_clip, "automation.clip needs 0 < min_clip <= max_clip"),
+        (stop.patience >= 1, "automation.early_stop.patience must be at least 1 (iterations)"),
+        (stop.min_delta >= 0, "automation.early_stop.min_delta must be 0 or more (dB)"),
+        (stop.min_iter >= 0, "automation.early_stop.min_iter must be 0 or more"),
+        (0 <= schedule.momentum < 1, "automation.loss_schedule.momentum must be in [0, 1)"),
+        (0 < schedule.min_weight <= schedule.max_weight,
+         "automation.loss_schedule needs 0 < min_weight <= max_weight"),
+        (schedule.adaptation_rate > 0, "automation.loss_schedule.adaptation_rate must be positive"),
+        (auto.dataset_analysis.batches >= 1, "automation.dataset_analysis.batches must be at least 1"),
+    ]
+    for ok, message in checks:
+        _require(bool(ok), message)

@@ -37,10 +37,15 @@ def precision_for(hardware: Hardware, no_gpu_default: str) -> str:
     return "bf16" if capability >= (8, 0) else "fp16"
 
 
-def loader_workers(hardware: Hardware, cap: int) -> int:
-    """DataLoader workers: half the logical cores (the rest feed the main process), at least 1, at most `cap`."""
+def loader_workers(hardware: Hardware, cap: int, share: float = 0.5) -> int:
+    """DataLoader workers: `share` of the logical cores per training process, at most `cap`.
+
+    GPU tiers give half the cores to loading (the GPU does the maths). On the cpu tier the model's
+    own threads need the cores: a worker there takes a core from every matrix product, and with
+    decoded images cached in RAM the main process cuts patches in ~1 % of a step anyway.
+    """
     per_process = hardware.cpu_logical_cores // max(1, len(hardware.gpus))
-    return max(1, min(cap, per_process // 2))
+    return max(0, min(cap, int(per_process * share)))
 
 
 def generation(capability: tuple[int, int] | None) -> str:

@@ -10,6 +10,7 @@ next batches longer or shorter.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,12 @@ class _SeededSamples(Dataset):
             return self.inner[index]
 
 
+def _init_worker(worker_id: int) -> None:
+    """Ctrl+C is the main process's to handle (it finishes the step and saves): workers ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    seed_worker(worker_id)
+
+
 class BatchStream:
     """Batches of `batch_size` samples in a deterministic, resumable order."""
 
@@ -109,7 +116,7 @@ class BatchStream:
     def _restart(self) -> None:
         loader = DataLoader(
             self.dataset, batch_sampler=self._batches_from(self.epoch, self.position),
-            num_workers=self.num_workers, pin_memory=self.pin_memory, worker_init_fn=seed_worker,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, worker_init_fn=_init_worker,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
             persistent_workers=False)
         self._iterator = iter(loader)

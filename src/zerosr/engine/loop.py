@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -48,6 +51,16 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def build_optimizer(spec: DictConfig, params) -> torch.optim.Optimizer:
+    try:
+        return instantiate(spec, params=params)
+    except InstantiationException as error:
+        cause = str(error.__cause__ or error).splitlines()[0]
+        raise UserError(f"train.optimizer could not be built ({cause}); for another optimizer replace the "
+                        "whole node, e.g. 'train.optimizer={_target_: torch.optim.SGD, lr: ${train.lr}, "
+                        "momentum: 0.9}'") from None
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -63,7 +76,7 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = ModelEMA(self.model, train.ema_decay)
-        self.optimizer = instantiate(train.optimizer, params=self.model.parameters())
+        self.optimizer = build_optimizer(train.optimizer, self.model.parameters())
         self.objective = build_objective(train.losses, self.device, train.lr)
         self.forward = self.model
         if tier.compile and self.device.type == "cuda":
@@ -92,6 +105,8 @@ class Trainer:
         self.faults = {"nonfinite_skipped": 0, "rollbacks": 0, "oom_retried": 0}
         self.last_good: Path | dict = self._snapshot()
         self.stopped_early = False
+        self.stop_requested = False  # set by Ctrl+C; acted on between iterations
+        self._for_discriminator = None
         self.progress: Progress | None = None
 
     # --- state ---------------------------------------------------------------------------------
@@ -142,6 +157,7 @@ class Trainer:
         self.lr = float(state["lr"])
         self.best = dict(state["best"])
         self.faults = dict(state["faults"])
+        self.stopped_early = bool(self.suite.early_stop.should_stop)
         restore_rng_state(state["rng"])
         self.apply_batch_and_patch(self.stream.batch_size, int(state.get("lq_size", self.data.train.lq_size)))
 
@@ -163,7 +179,16 @@ class Trainer:
         if path is not None:
             self.load_state_dict(load_training_state(path))
             self.last_good = path
+            self._adopt_best_weights(path.parent.parent)
         return path
+
+    def _adopt_best_weights(self, source_run: Path) -> None:
+        """Resuming into a new directory: the best weights so far come along, so `best` stays true."""
+        source, target = source_run / "models" / "best.safetensors", self.run_dir / "models" / "best.safetensors"
+        if source.exists() and source.resolve() != target.resolve():
+            from zerosr.engine.atomic import atomic_write_bytes
+
+            atomic_write_bytes(target, source.read_bytes())
 
     # --- pieces the automations act on -----------------------------------------------------------
     def apply_batch_and_patch(self, batch_size: int, lq_size: int) -> None:
@@ -205,7 +230,8 @@ class Trainer:
     # --- one iteration ---------------------------------------------------------------------------
     def _forward_backward(self, lq: torch.Tensor, gt: torch.Tensor, share: float,
                           poison: bool = False) -> tuple[float, dict[str, float]]:
-        """Loss of one chunk, backpropagated with weight `share` (its part of the step's samples)."""
+        """Loss of one chunk, backpropagated with weight `share` (its part of the step's samples).
+        Keeps the chunk's output for the discriminator step, which runs once per iteration."""
         lq, gt = lq.to(self.device, non_blocking=True), gt.to(self.device, non_blocking=True)
         if self.channels_last:
             lq = lq.contiguous(memory_format=torch.channels_last)
@@ -215,8 +241,8 @@ class Trainer:
         if poison:  # debug.inject_nan_at: a loss that really is non-finite, through the real path
             total = total * float("nan")
         self.precision.scaler.scale(total * share).backward()
-        if self.objective.gan is not None and math.isfinite(float(total.detach())):
-            self.objective.discriminator_step(sr, gt, self.precision.autocast, self.precision.scaler)
+        if self.objective.gan is not None:
+            self._for_discriminator = (sr.detach(), gt)
         return float(total.detach()), {k: float(v.detach()) for k, v in parts.items()}
 
     def _optimizer_step(self) -> tuple[float, bool]:
@@ -246,8 +272,10 @@ class Trainer:
 
     def _free_after_oom(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        self._for_discriminator = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)  # the failed size's peak must not judge the next
 
     def step(self) -> dict[str, float]:
         train, debug = self.cfg.train, self.cfg.debug
@@ -259,8 +287,8 @@ class Trainer:
         while True:
             self.lr = self.suite.lr.lr_at(it)
             set_lr(self.optimizer, self.lr)
-            if self.objective.gan is not None:
-                set_lr(self.objective.gan.optimizer, self.lr)
+            if self.objective.gan is not None:  # the D optimizer's own LR, moved like the generator's
+                set_lr(self.objective.gan.optimizer, self.objective.gan.base_lr * self.lr / self.suite.lr.base_lr)
             try:
                 samples = sum(lq.shape[0] for lq, _ in chunks)
                 total, parts = 0.0, {}
@@ -288,6 +316,11 @@ class Trainer:
         norm, stepped = self._optimizer_step()
         if not stepped:
             return self._skip_nonfinite(it, stats)
+        if self.objective.gan is not None:  # one discriminator update per iteration, on the last chunk
+            stats["loss/discriminator"] = self.objective.discriminator_step(
+                *self._for_discriminator, self.precision.autocast, self.precision.scaler)
+            self.precision.scaler.update()
+        self._for_discriminator = None
         self.ema.update(self.model)
         stats.update({"grad_norm": norm, "clip_threshold": self.suite.clip.threshold,
                       "clipped": float(norm > self.suite.clip.threshold)})
@@ -353,6 +386,22 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _catch_ctrl_c(trainer: Trainer):
+    """First Ctrl+C: finish the current iteration, save, stop (so the saved data position and
+    weights agree). Second Ctrl+C: stop now. Returns the previous handler (None off the main thread)."""
+
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        if trainer.progress is not None:
+            trainer.progress.write("Ctrl+C: finishing this iteration, then saving (Ctrl+C again to stop now)")
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, handler)
+
+
 def start_up(trainer: Trainer) -> None:
     """Fresh runs only: measure the batch size, analyse the data, optionally find the LR."""
     suite, cfg = trainer.suite, trainer.cfg
@@ -380,6 +429,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     progress = trainer.progress = Progress(total, start=trainer.iteration)
     interrupted = False
     window_start, window_iters = time.perf_counter(), 0
+    previous_handler = _catch_ctrl_c(trainer)
     try:
         while trainer.iteration < total and not trainer.stopped_early:
             stats = trainer.step()
@@ -395,13 +445,19 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                 metrics = trainer.validate()
                 progress.write(f"iter {it}: val PSNR {metrics['val/psnr']:.2f} dB, SSIM {metrics['val/ssim']:.4f} "
                                f"(bicubic {metrics['val/bicubic_psnr']:.2f} dB)")
+            if trainer.stop_requested:
+                interrupted = True
+                progress.write(f"interrupted at iteration {it}: saving the training state")
+                trainer.save()
+                break
             if it % train_cfg.save_freq == 0 or it == total or trainer.stopped_early:
                 trainer.save()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl+C: stop at once, the last checkpoint stays as it is
         interrupted = True
-        progress.write(f"interrupted at iteration {trainer.iteration}: saving the training state")
-        trainer.save()
+        progress.write(f"stopped at iteration {trainer.iteration} without saving; the last checkpoint is intact")
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
         progress.close()
         trainer.progress = None
         trainer.close()
@@ -418,7 +474,7 @@ def automation_report(trainer: Trainer) -> list[str]:
     for decision in trainer.decisions:
         counts[decision.automation] = counts.get(decision.automation, 0) + 1
     suite = trainer.suite
-    if not trainer.cfg.automation.enabled:
+    if not any(a.enabled for a in suite.members.values()):
         return ["automations  off (fixed schedule and batch)"]
     finals = {
         "lr": f"LR factor {suite.lr.factor:.3g} (base {suite.lr.base_lr:.3g})",

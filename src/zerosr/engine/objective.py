@@ -33,6 +33,7 @@ class GANPair:
     discriminator: nn.Module
     optimizer: torch.optim.Optimizer
     name: str
+    base_lr: float  # the discriminator optimizer's own LR; the run's LR schedule scales it
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Objective:
         with autocast():
             loss = gan.loss.discriminator_loss(gan.discriminator(gt), gan.discriminator(sr.detach()))
         scaler.scale(loss).backward()
-        scaler.step(gan.optimizer)
+        scaler.step(gan.optimizer)  # the caller runs scaler.update() once both optimizers stepped
         gan.optimizer.zero_grad(set_to_none=True)
         gan.discriminator.requires_grad_(False)
         return float(loss.detach())
@@ -119,4 +120,5 @@ def _build_gan(loss: nn.Module, spec: dict, device: torch.device, default_lr: fl
     discriminator.requires_grad_(False)  # only the discriminator step turns its gradients on
     o_spec = spec.get("optimizer") or {"_target_": "torch.optim.AdamW", "lr": default_lr, "betas": [0.9, 0.99]}
     optimizer = _instantiate(o_spec, params=discriminator.parameters())
-    return GANPair(loss=loss, discriminator=discriminator, optimizer=optimizer, name=name)
+    return GANPair(loss=loss, discriminator=discriminator, optimizer=optimizer, name=name,
+                   base_lr=float(optimizer.param_groups[0]["lr"]))

@@ -78,8 +78,12 @@ def search_batch_size(trainer: Trainer) -> list[Decision]:
             def try_batch(batch: int, lq_size: int) -> int | None:
                 return peak_memory_of(lambda: _synthetic_step(trainer, batch, lq_size), trainer.device)
 
+            from zerosr.engine.loop import user_set_keys
+
             lq_sizes = [s for s in lq_candidates(old_lq, preset.lq_size_min, preset.lq_size_max)
                         if s <= cfg.hardware_tier.max_lq_size] or [old_lq]
+            if "lq_size" in user_set_keys("train"):  # the user's patch size wins
+                lq_sizes = [old_lq]
             batch, lq, probes = find_batch_size(try_batch, old_batch, auto.max_batch_size, lq_sizes,
                                                 auto.target_vram_usage, auto.safety_margin, total,
                                                 auto.min_batch_size)
@@ -102,6 +106,8 @@ def search_batch_size(trainer: Trainer) -> list[Decision]:
             rates = ", ".join(f"{b}: {s:.0f}" for b, s in sorted(speeds.items()))
             why = f"measured samples/s ({rates}) within {budget / 2**30:.1f} GiB RAM: the smallest near the fastest"
     seconds = time.perf_counter() - started
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.device)  # the probes' peaks must not judge the run
     change = {}
     if batch != old_batch:
         change["batch_size"] = (old_batch, batch)
