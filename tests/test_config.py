@@ -161,3 +161,10 @@ def test_run_saves_resolved_config_beside_hydra_dir(tmp_path):
     saved = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())
     assert "${" not in yaml.safe_dump({k: v for k, v in saved.items() if k != "hydra"})
     assert saved["train"]["batch_size"] >= 1
+
+
+def test_composition_path_does_not_import_torch():
+    code = ("import sys; from zerosr.config.store import register; register(); "
+            "from zerosr.config.compose import compose_config; compose_config([]); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
