@@ -9,7 +9,7 @@ from torch import nn
 from zerosr.errors import UserError
 
 from .paragonsr2 import ParagonSR2
-from .variants import ARCHITECTURE, SCALES, VARIANTS
+from .variants import SCALES, VARIANTS
 
 # Constructor keywords a caller may override (everything but the scale).
 PARAMETERS = tuple(name for name in inspect.signature(ParagonSR2.__init__).parameters if name not in ("self", "scale"))
