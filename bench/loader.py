@@ -2,13 +2,14 @@
 
 1. Decode time per image for OpenCV and Pillow, on PNG and on JPEG (the same images re-encoded at
    quality 95), and whether each keeps 16-bit RGB.
-2. The share of training-loop time spent waiting for the next batch, with N DataLoader workers,
-   with and without the RAM cache, while a ~10k-parameter model trains on the batches.
+2. The share of training-loop time spent waiting for the next batch: the run's own BatchStream with
+   N DataLoader workers (default: the detected tier's), with and without the RAM cache, while
+   ParagonSR2 nano trains on the batches (forward, backward, AdamW) at its default batch and patch.
 
 Data: ../shared/data/bsd100_x2 (100 HR/LR PNG pairs, 480x320 HR) when present, else generated.
 
-    .venv/bin/python bench/loader.py                 # workers 1 and 2
-    .venv/bin/python bench/loader.py --workers 0 1 2 --steps 60
+    .venv/bin/python bench/loader.py                 # the tier's workers
+    .venv/bin/python bench/loader.py --workers 0 1 --batch 8
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader
 
-from zerosr.data.datasets import PairedPatchDataset, seed_worker
+from zerosr import archs
+from zerosr.config.compose import compose_config
+from zerosr.data.datasets import PairedPatchDataset
 from zerosr.data.demo import generate_image
 from zerosr.data.io import quantize, read_image_raw, write_image
 from zerosr.data.pairing import pair_images
+from zerosr.engine.data import BatchStream
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "bsd100_x2"
@@ -69,7 +71,7 @@ def keeps_16_bit(reader, folder: Path) -> bool:
 
 def make_pairs(workdir: Path) -> tuple[str, list[tuple[Path, Path]]]:
     if (SHARED_DATA / "hr").is_dir():
-        return str(SHARED_DATA), pair_images(SHARED_DATA / "hr", SHARED_DATA / "lr", SCALE)
+        return "../shared/data/bsd100_x2", pair_images(SHARED_DATA / "hr", SHARED_DATA / "lr", SCALE)
     from zerosr.data.degrade import bicubic_downscale
 
     for i in range(40):
@@ -79,39 +81,28 @@ def make_pairs(workdir: Path) -> tuple[str, list[tuple[Path, Path]]]:
     return "generated (40 images, 384x384 HR)", pair_images(workdir / "hr", workdir / "lr", SCALE)
 
 
-def nano_model() -> nn.Module:
-    """Three 3x3 convs and a pixel shuffle: about 8.5k parameters."""
-    return nn.Sequential(
-        nn.Conv2d(3, 24, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(24, 24, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(24, 3 * SCALE * SCALE, 3, padding=1), nn.PixelShuffle(SCALE),
-    )
-
-
 def measure_loader(pairs, workers: int, cache: bool, steps: int, batch: int, lq_size: int) -> dict:
     torch.manual_seed(0)
     start = time.perf_counter()
-    dataset = PairedPatchDataset(pairs, SCALE, lq_size, cache=cache, length=(steps + 5) * batch)
+    dataset = PairedPatchDataset(pairs, SCALE, lq_size, cache=cache)
     build_s = time.perf_counter() - start
-    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, worker_init_fn=seed_worker,
-                        persistent_workers=workers > 0, drop_last=True)
-    model = nano_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = iter(loader)
+    stream = BatchStream(dataset, batch, seed=0, num_workers=workers)
+    model = archs.build("paragonsr2_nano", SCALE)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     waited = total = 0.0
-    for step in range(steps + 5):
+    for step in range(steps + 3):
         t0 = time.perf_counter()
-        data = next(batches)
+        data = stream.next_batch()
         t1 = time.perf_counter()
         loss = (model(data["lq"]) - data["gt"]).abs().mean()
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         t2 = time.perf_counter()
-        if step >= 5:  # the first batches include worker start-up
+        if step >= 3:  # the first batches include worker start-up
             waited += t1 - t0
             total += t2 - t0
-    del batches
+    stream.close()
     return {
         "workers": workers,
         "cache": cache,
@@ -124,12 +115,19 @@ def measure_loader(pairs, workers: int, cache: bool, steps: int, batch: int, lq_
     }
 
 
+def nano_defaults() -> tuple[int, int, int]:
+    """(workers, batch, lq_size) that `arch=paragonsr2_nano` gets on this machine's tier."""
+    cfg = compose_config(["arch=paragonsr2_nano"])
+    return int(cfg.hardware_tier.num_workers), int(cfg.train.batch_size), int(cfg.train.lq_size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    workers, batch, lq_size = nano_defaults()
+    parser.add_argument("--workers", type=int, nargs="+", default=[workers])
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lq-size", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--lq-size", type=int, default=lq_size)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,8 +155,8 @@ def main() -> None:
                                     "jpeg_q95": decode_ms_per_image(jpeg_files)},
             "keeps_16bit_rgb_png": {"opencv": keeps_16_bit(read_with_opencv, workdir),
                                     "pillow": keeps_16_bit(read_with_pillow, workdir)},
-            "loop": {"batch": args.batch, "lq_size": args.lq_size, "scale": SCALE, "steps": args.steps,
-                     "model_params": sum(p.numel() for p in nano_model().parameters())},
+            "loop": {"model": "paragonsr2_nano", "batch": args.batch, "lq_size": args.lq_size, "scale": SCALE,
+                     "steps": args.steps, "tier_workers": workers},
             "loader": [measure_loader(pairs, n, cache, args.steps, args.batch, args.lq_size)
                        for n in args.workers for cache in (True, False)],
         }

@@ -162,8 +162,8 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(to_float32(image).transpose(2, 0, 1)))
 
 
-def _rand_below(n: int) -> int:
-    return int(torch.randint(n, ()).item())
+def _rand_below(n: int, generator: torch.Generator | None) -> int:
+    return int(torch.randint(n, (), generator=generator).item())
 
 
 class PairedPatchDataset(Dataset):
@@ -200,15 +200,19 @@ class PairedPatchDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict:
+        return self.sample(index)
+
+    def sample(self, index: int, generator: torch.Generator | None = None) -> dict:
+        """Item `index`, its crop and flips drawn from `generator` (torch's global one when None)."""
         pair_index = index % len(self.images)
         gt, lq = self.images[pair_index]
         size, scale = self.lq_size, self.scale
-        top = _rand_below(lq.shape[0] - size + 1)
-        left = _rand_below(lq.shape[1] - size + 1)
+        top = _rand_below(lq.shape[0] - size + 1, generator)
+        left = _rand_below(lq.shape[1] - size + 1, generator)
         lq = lq[top : top + size, left : left + size]
         gt = gt[top * scale : (top + size) * scale, left * scale : (left + size) * scale]
         if self.augment:
-            hflip, vflip, transpose = torch.randint(2, (3,)).tolist()
+            hflip, vflip, transpose = torch.randint(2, (3,), generator=generator).tolist()
             # The three together give all 8 flips/rotations of the square patch.
             if hflip:
                 lq, gt = lq[:, ::-1], gt[:, ::-1]
