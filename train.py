@@ -9,11 +9,12 @@ Everything else is derived from the detected hardware, the architecture and the 
 import hydra
 from omegaconf import DictConfig
 
-from zerosr.cli import exit_on_user_error
+from zerosr.cli import exit_on_user_error, install_hydra_error_handler
 from zerosr.config.store import register
 
 # Before Hydra composes: probe the hardware, register resolvers, schemas and `hardware_tier/auto`.
 exit_on_user_error(register)()
+install_hydra_error_handler()  # Hydra's config errors: one line, exit 2
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

@@ -14,8 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from zerosr.config.compose import compose_config
+from zerosr.config.validate import validate
 from zerosr.data import bicubic_downscale, write_image
 from zerosr.engine.loop import train
+from zerosr.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,3 +167,18 @@ def test_run_with_msssim_and_gan_trains_the_discriminator(data, tmp_path):
 
     state = load_training_state(tmp_path / "run" / "training_state" / "state_00000002.pt")
     assert state["objective"]["d_optimizer"]["state"]  # the discriminator's optimizer has stepped
+
+
+def test_time_limit_ends_the_run_validated_and_saved(data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    best = run(tiny_overrides(data, **{"train.total_iter": 50, "train.max_minutes": 1e-6}), run_dir)
+    assert np.isfinite(best)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if "val/psnr" in r] == [1]  # stopped after the first step, validated
+    assert (run_dir / "training_state" / "state_00000001.pt").is_file()
+    assert "train.max_minutes=1e-06 spent" in capsys.readouterr().out
+
+
+def test_time_limit_must_be_positive(data, tmp_path):
+    with pytest.raises(UserError, match="train.max_minutes"):
+        validate(compose_config(tiny_overrides(data, **{"train.max_minutes": 0})))

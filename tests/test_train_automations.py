@@ -92,3 +92,45 @@ def test_resume_restores_every_automation(data, tmp_path):
     sa = load_training_state(tmp_path / "straight" / "training_state" / "state_00000006.pt")["automations"]
     sb = load_training_state(tmp_path / "resumed" / "training_state" / "state_00000006.pt")["automations"]
     assert json.dumps(sa, sort_keys=True, default=str) == json.dumps(sb, sort_keys=True, default=str)
+
+
+def test_resume_mid_run_restores_decisions_of_every_kind(data, tmp_path):
+    """Two scheduled losses, forced LR cuts, OOM-halved batches and AutoClip, all acting before the
+    iteration-6 checkpoint and deciding again after it: the resumed run must end exactly where the
+    straight one does, with the same decisions."""
+    losses = ("[{_target_:zerosr.losses.CharbonnierLoss,weight:1.0},"
+              "{_target_:zerosr.losses.MSSSIMLoss,weight:0.5,window_size:5,max_scales:2}]")
+    over = auto_overrides(data, **{
+        "train.total_iter": 12, "train.save_freq": 6, "train.val_freq": 2, "train.warmup_iter": 0,
+        "train.batch_size": 8, "automation.batch.enabled": True, "automation.batch.max_batch_size": 8,
+        "debug.inject_oom_at": "[2,8]", "automation.lr.plateau_patience": 2, "automation.lr.improvement_threshold": 1.0,
+        "automation.clip.history": 2, "automation.early_stop.patience": 100,
+        # Taken as given (no calibration): no dead band, so the two losses' weights move from iteration 2.
+        "automation.loss_schedule.auto_calibrate": False, "automation.loss_schedule.baseline_iterations": 1,
+        "automation.loss_schedule.adaptation_rate": 0.1, "automation.loss_schedule.adaptation_threshold": 1e-6,
+        "train.losses": losses})
+    straight = tmp_path / "straight"
+    run(over, straight)
+    log = records(straight, "automation.jsonl")
+    steps = [r for r in records(straight, "metrics.jsonl") if "loss" in r]
+    assert {"loss_trend/msssim/velocity", "loss_trend/msssim/deviation", "loss_weight/msssim"} <= set(steps[-1])
+    for kind in ("lr", "batch", "clip", "loss_schedule"):  # each acted before the checkpoint
+        assert any(0 < r["iter"] <= 6 for r in log if r["automation"] == kind), kind
+    assert {"lr", "batch"} <= {r["automation"] for r in log if r["iter"] > 6}  # and decisions follow it
+    from zerosr.engine.checkpoint import load_training_state
+
+    middle = load_training_state(straight / "training_state" / "state_00000006.pt")
+    assert middle["automations"]["loss_schedule"]["multipliers"]["msssim"] < 1.0  # the weights had moved
+    resumed = tmp_path / "resumed"
+    run(over + [f"train.resume={straight / 'training_state' / 'state_00000006.pt'}"], resumed)
+    a = load_file(straight / "models" / "net_g_00000012.safetensors")
+    b = load_file(resumed / "models" / "net_g_00000012.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    sa = load_training_state(straight / "training_state" / "state_00000012.pt")
+    sb = load_training_state(resumed / "training_state" / "state_00000012.pt")
+    for key in ("automations", "objective"):
+        assert json.dumps(sa[key], sort_keys=True, default=str) == json.dumps(sb[key], sort_keys=True, default=str)
+    tail = [(r["iter"], r["automation"], r["change"]) for r in log if r["iter"] > 6]
+    assert tail == [(r["iter"], r["automation"], r["change"]) for r in records(resumed, "automation.jsonl")
+                    if r["iter"] > 6]  # the same decisions after the resume point

@@ -10,6 +10,8 @@ from omegaconf import DictConfig
 from zerosr.config.resolved import resolved_dict, write_replayable
 from zerosr.config.validate import validate
 from zerosr.detect import probe
+from zerosr.engine import distributed
+from zerosr.engine.killpoints import arm as arm_kill_points
 from zerosr.report.choices import describe_choices
 
 
@@ -20,12 +22,38 @@ def run_dir_of(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> float:
     """Returns the best validation PSNR, the value sweepers maximise."""
     validate(cfg)
+    arm_kill_points(cfg.debug.kill_at)  # debug.kill_at: SIGKILL at chosen points (fault tests)
+    if not cfg.dry_run:
+        from zerosr.data.preflight import preflight
+
+        preflight(cfg)  # the data, in seconds: every problem one line, exit 2
     run_dir = run_dir_of(cfg)
-    write_replayable(resolved_dict(cfg), run_dir / "resolved_config.yaml")
+    if distributed.launched():  # torchrun: one process group, one run directory, rank 0 writes
+        run_dir = join_ranks(run_dir)
+    if distributed.is_main():
+        write_replayable(resolved_dict(cfg), run_dir / "resolved_config.yaml")
     print(describe_choices(cfg, probe()), flush=True)
     if cfg.dry_run:
         print(f"dry run: config saved to {run_dir / 'resolved_config.yaml'}; no training")
         return float("nan")
     from zerosr.engine.loop import train
 
-    return train(cfg, run_dir)
+    try:
+        return train(cfg, run_dir)
+    finally:
+        distributed.shutdown()
+
+
+def join_ranks(own_dir: Path) -> Path:
+    """Join torchrun's process group; every rank takes rank 0's run directory; only rank 0 prints
+    (the others keep stderr, so their errors still show)."""
+    import logging
+    import os
+    import sys
+
+    distributed.init()
+    run_dir = distributed.agree_run_dir(own_dir)
+    if not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 says the same at INFO
+    return run_dir

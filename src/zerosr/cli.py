@@ -12,6 +12,8 @@ from zerosr.errors import UserError
 def exit_on_user_error(function):
     """Turn a UserError into `error: <message>` and exit 2; HYDRA_FULL_ERROR=1 keeps the traceback."""
 
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
     @functools.wraps(function)
     def guarded(*args, **kwargs):
         try:
@@ -21,5 +23,88 @@ def exit_on_user_error(function):
                 raise
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except (MissingMandatoryValue, InterpolationResolutionError) as error:
+            # A value left at ??? or an interpolation that cannot resolve: the config's fault.
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {config_error_line(error)}", file=sys.stderr)
+            sys.exit(2)
 
     return guarded
+
+
+# --------------------------------------------------------------------------- Hydra's config errors
+
+_SPELLING_HINT = "python train.py --cfg job lists every key and value"
+
+
+def config_error_line(error: BaseException) -> str:
+    """One line naming a Hydra/OmegaConf config problem and its fix (Hydra prints several)."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
+                                  OmegaConfBaseException)
+
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    key = getattr(cause, "full_key", None)
+    first = _first_line(cause)
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and "/" in error.missing_cfg_file:
+        group, option = error.missing_cfg_file.rsplit("/", 1)
+        return f"{group}={option} is not an option: use one of {', '.join(error.options or [])}"
+    if isinstance(error, OverrideParseException):
+        return (f"cannot parse an override ({first}): write key=value, e.g. train.lr=2e-4, and quote "
+                "values with spaces or brackets")
+    if isinstance(cause, MissingMandatoryValue) and key:
+        return f"{key} is not set: give it on the command line, {key}=VALUE"
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
+        return f"{key} is not a config key ({first}): check the spelling; {_SPELLING_HINT}"
+    if key:
+        value = _override_value(key)
+        shown = f"{key}={value}" if value is not None else key
+        return f"{shown}: {first}: give a value of the type the key expects; {_SPELLING_HINT}"
+    return f"{first}; {_SPELLING_HINT}"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _override_value(key: str) -> str | None:
+    for arg in sys.argv[1:]:
+        name, sep, value = arg.partition("=")
+        if sep and name.lstrip("+~") == key:
+            return value
+    return None
+
+
+def install_hydra_error_handler() -> None:
+    """Make Hydra report config errors (unknown option or key, ill-typed value, bad override
+    syntax, missing value) as `error: <one line>` with exit code 2 instead of its multi-line
+    message and exit code 1. Other exceptions keep Hydra's own report; HYDRA_FULL_ERROR=1 keeps
+    the traceback for everything.
+
+    Hydra routes every phase (composition, the job, --cfg) through
+    `hydra._internal.utils.run_and_report`; this wraps it.
+    """
+    import hydra._internal.utils as hydra_utils
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    original = hydra_utils.run_and_report
+    if getattr(original, "zerosr_wrapped", False):
+        return
+
+    def run_and_report(func):
+        def guarded():
+            try:
+                return func()
+            except (HydraException, OmegaConfBaseException) as error:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"error: {config_error_line(error)}", file=sys.stderr)
+                sys.exit(2)
+
+        return original(guarded)
+
+    run_and_report.zerosr_wrapped = True
+    hydra_utils.run_and_report = run_and_report

@@ -13,14 +13,14 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 from torch import nn
 
+from zerosr.engine.atomic import atomic_write_bytes
 from zerosr.errors import UserError
 
 from .registry import PARAMETERS, build
@@ -82,15 +82,9 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None
         }
     )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Serialised in memory, then written by atomic_write_bytes: a crash leaves the old file or the
+    # new one, and a full disk is one line (UserError) instead of a safetensors I/O traceback.
+    atomic_write_bytes(path, save_bytes(tensors, metadata=header))
     return path
 
 

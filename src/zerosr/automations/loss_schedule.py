@@ -14,8 +14,10 @@ The multiplier rule (designed to be stable, unlike a rule driven by per-batch no
   while it is more than `adaptation_threshold` (relative, log) away from t_i: a dead band, so
   noise causes no jitter. It always stays in [min_weight, max_weight].
   t_i depends on smoothed losses only and each move is bounded, so the weights cannot random-walk
-  or jump. V and r are tracked and exposed (`trends`) for the logs; per-batch V and r flip sign
-  from one batch to the next, so they do not drive the weights.
+  or jump. V and r are tracked and logged (`trends`: `loss_trend/<loss>/{smoothed,velocity,deviation}`
+  in metrics.jsonl and TensorBoard, next to `loss_weight/<loss>`) to explain the weights; per-batch
+  V and r flip sign from one batch to the next, so they do not drive the weights (the seed's rule
+  that let them is what made its "mistake" values degrade training).
 - The GAN loss (and any loss with base weight 0 or a non-positive reference) keeps multiplier 1:
   an adversarial loss oscillates by design, its value says nothing about progress.
 

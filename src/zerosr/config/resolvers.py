@@ -7,7 +7,15 @@ from omegaconf import OmegaConf
 from zerosr.config import derive
 from zerosr.detect import loader_workers, precision_for, probe
 
+def job_dir(num, overrides: str = "", limit: int = 120) -> str:
+    """A multirun job's folder: `<num>_<overrides>`, or `<num>` alone when the overrides would make
+    an unwieldy name (file names stop at 255 bytes; an Optuna trial's floats are long)."""
+    overrides = str(overrides or "").replace("/", "_")
+    return f"{num}_{overrides}" if overrides and len(overrides) <= limit else str(num)
+
+
 _RULES = {
+    "job_dir": job_dir,
     "first": derive.first,
     "clamp": derive.clamp,
     "batch_size": derive.batch_size,

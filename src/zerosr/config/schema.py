@@ -138,6 +138,7 @@ class DataConfig:
 class TrainConfig:
     total_iter: int = MISSING
     lr: float = MISSING
+    lr_scale: float = 1.0  # multiplies train.lr wherever it is used (what an Optuna sweep tunes)
     batch_size: int = MISSING
     lq_size: int = MISSING
     warmup_iter: int = MISSING
@@ -150,6 +151,7 @@ class TrainConfig:
     pretrain: Optional[str] = None
     ema_decay: float = MISSING
     grad_accum: int = 1
+    max_minutes: Optional[float] = None  # wall-clock budget: stop (validate, save) when it is spent
     keep_checkpoints: int = 3
     val_tile: int = 256  # LR pixels; larger validation images are run in tiles
     optimizer: Dict[str, Any] = field(default_factory=dict)
@@ -160,6 +162,7 @@ class TrainConfig:
 class DebugConfig:
     inject_oom_at: List[int] = field(default_factory=list)
     inject_nan_at: List[int] = field(default_factory=list)
+    kill_at: List[str] = field(default_factory=list)  # POINT:ITER, see zerosr.engine.killpoints
 
 
 @dataclass

@@ -20,6 +20,7 @@ def validate(cfg: DictConfig) -> None:
     train = cfg.train
     _require(cfg.scale in SCALES, f"scale={cfg.scale} is not supported: use one of {', '.join(map(str, SCALES))}")
     _require(train.lr > 0, f"train.lr={train.lr} must be positive: try train.lr=2e-4 (or leave it unset)")
+    _require(train.lr_scale > 0, f"train.lr_scale={train.lr_scale} must be positive: it multiplies train.lr, e.g. 0.5")
     _require(train.batch_size >= 1, f"train.batch_size={train.batch_size} must be at least 1 (or leave it unset)")
     _require(train.total_iter >= 1, f"train.total_iter={train.total_iter} must be at least 1")
     _require(train.lq_size >= 8, f"train.lq_size={train.lq_size} is too small: use 16 or more (LR pixels)")
@@ -28,6 +29,8 @@ def validate(cfg: DictConfig) -> None:
     _require(0 <= train.warmup_iter <= train.total_iter,
              f"train.warmup_iter={train.warmup_iter} must be between 0 and train.total_iter={train.total_iter}")
     _require(0.0 <= train.ema_decay < 1.0, f"train.ema_decay={train.ema_decay} must be in [0, 1): try 0.999")
+    _require(train.max_minutes is None or train.max_minutes > 0,
+             f"train.max_minutes={train.max_minutes} must be positive (or null for no time limit)")
     _require(train.val_tile >= 16, f"train.val_tile={train.val_tile} must be at least 16 (LR pixels)")
     _require(len(train.losses) > 0, "train.losses is empty: give at least one loss, e.g. the default Charbonnier")
     _require(cfg.hardware_tier.precision in PRECISIONS,

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from zerosr.engine.atomic import atomic_save, atomic_write_bytes
+from zerosr.engine.killpoints import kill_point
 from zerosr.errors import UserError
 
 log = logging.getLogger("zerosr")
@@ -79,8 +80,10 @@ def save_training_state(state_dir: Path, iteration: int, state: dict, keep: int 
         # clear one-line error.
         with open(tmp, "wb") as f:
             torch.save(safe_state, f)
+        kill_point("save", iteration)  # debug.kill_at: the temporary file is written, not renamed
 
     atomic_save(write, path)
+    kill_point("checksum", iteration)  # debug.kill_at: the state is in place, its checksum is not
     digest = _sha256_of_file(path)
     atomic_write_bytes(_checksum_path(path), f"{digest}  {path.name}\n".encode("ascii"))
     _remove_old_states(state_dir, keep=keep, just_written=path)

@@ -85,12 +85,19 @@ def _init_worker(worker_id: int) -> None:
 
 
 class BatchStream:
-    """Batches of `batch_size` samples in a deterministic, resumable order."""
+    """Batches of `batch_size` samples in a deterministic, resumable order.
+
+    Under torchrun (`world_size` > 1) the order is that of one global batch of
+    `batch_size * world_size` samples per step, and rank `r` takes its slice `r` of it: the ranks
+    never share a sample, and the state (epoch, position counts global samples) is the same on every
+    rank, so a resumed run reads exactly what an uninterrupted one would have.
+    """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0,
-                 pin_memory: bool = False, prefetch_factor: int = 2):
+                 pin_memory: bool = False, prefetch_factor: int = 2, rank: int = 0, world_size: int = 1):
         self.dataset = _SeededSamples(dataset)
         self.batch_size, self.seed = int(batch_size), int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.epoch, self.position = 0, 0  # samples consumed in this epoch
         self._iterator = None
@@ -105,11 +112,12 @@ class BatchStream:
     def _batches_from(self, epoch: int, position: int):
         """Batches of keys from (epoch, position) on, running on into the next epochs."""
         batch: list[tuple[int, int]] = []
+        size = self.batch_size * self.world_size  # one global batch; this rank's slice of it
         while True:
             for key in self._epoch_keys(epoch)[position:]:
                 batch.append(key)
-                if len(batch) == self.batch_size:
-                    yield batch
+                if len(batch) == size:
+                    yield batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
                     batch = []
             epoch, position = epoch + 1, 0
 
@@ -127,7 +135,7 @@ class BatchStream:
             self._restart()
         batch = next(self._iterator)
         self.epoch, self.position = divmod(self.epoch * len(self.dataset) + self.position
-                                           + len(batch["index"]), len(self.dataset))
+                                           + len(batch["index"]) * self.world_size, len(self.dataset))
         return batch
 
     def set_batch_size(self, batch_size: int) -> None:

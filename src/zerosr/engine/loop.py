@@ -7,6 +7,7 @@ bottom and returns the best validation PSNR (what a sweeper maximises).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -24,10 +25,12 @@ from omegaconf import DictConfig
 from zerosr import archs
 from zerosr.automations import build_automations
 from zerosr.automations.base import Decision
+from zerosr.engine import distributed
 from zerosr.engine.checkpoint import (capture_rng_state, find_resume_state, load_training_state,
-                                      restore_rng_state, save_training_state)
+                                      restore_rng_state, save_training_state, state_file_name)
 from zerosr.engine.data import BatchStream, build_data
 from zerosr.engine.ema import ModelEMA, unwrap_model
+from zerosr.engine.killpoints import kill_point
 from zerosr.engine.objective import build_objective
 from zerosr.engine.precision import make_precision, select_device
 from zerosr.engine.schedule import set_lr
@@ -77,21 +80,26 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = ModelEMA(self.model, train.ema_decay)
         self.optimizer = build_optimizer(train.optimizer, self.model.parameters())
-        self.objective = build_objective(train.losses, self.device, train.lr)
+        self.objective = build_objective(train.losses, self.device, train.lr * train.lr_scale)
+        # torchrun: DistributedDataParallel; `self.sync` marks the steps whose decisions every rank
+        # must take alike (see zerosr.engine.distributed).
+        self.model = distributed.wrap(self.model, self.device)
+        self.sync = distributed.is_distributed()
         self.forward = self.model
         if tier.compile and self.device.type == "cuda":
             self.forward = torch.compile(self.model)
 
         self.data = build_data(cfg)
         self.stream = BatchStream(self.data.train, train.batch_size, train.seed,
+                                  rank=distributed.rank(), world_size=distributed.world_size(),
                                   num_workers=tier.num_workers, pin_memory=tier.pin_memory and self.device.type == "cuda",
                                   prefetch_factor=tier.prefetch_factor)
         self.validator = Validator(self.data.val, cfg.scale, train.val_tile, self.device,
                                    self.run_dir / "visualization")
-        self.logger = RunLogger(self.run_dir)
+        self.logger = RunLogger(self.run_dir, enabled=distributed.is_main())  # rank 0 writes the logs
         gan = self.objective.gan
         self.suite = build_automations(
-            cfg.automation, base_lr=float(train.lr), total_iter=train.total_iter,
+            cfg.automation, base_lr=float(train.lr) * float(train.lr_scale), total_iter=train.total_iter,
             warmup_iter=train.warmup_iter, batch_size=train.batch_size,
             base_weights=self.objective.base_weights, user_set=user_set_keys("automation.loss_schedule"),
             gan_name=gan.name if gan is not None else None,
@@ -106,6 +114,7 @@ class Trainer:
         self.last_good: Path | dict = self._snapshot()
         self.stopped_early = False
         self.stop_requested = False  # set by Ctrl+C; acted on between iterations
+        self.time_up = False  # train.max_minutes spent
         self._for_discriminator = None
         self.progress: Progress | None = None
 
@@ -162,24 +171,37 @@ class Trainer:
         self.apply_batch_and_patch(self.stream.batch_size, int(state.get("lq_size", self.data.train.lq_size)))
 
     def save(self) -> Path:
-        """Training state plus EMA and raw weights; both kinds keep the newest few."""
+        """Training state plus EMA and raw weights; both kinds keep the newest few. Under torchrun
+        rank 0 writes, after checking that every rank holds the same weights."""
         keep = self.cfg.train.keep_checkpoints
-        models = self.run_dir / "models"
-        for kind, module in (("net_g_ema", self.ema.module), ("net_g", self.model)):
-            archs.save(module, models / f"{kind}_{self.iteration:08d}.safetensors")
-            for old in sorted(models.glob(f"{kind}_[0-9]*.safetensors"))[:-keep]:
-                old.unlink()
-        path = save_training_state(self.run_dir / "training_state", self.iteration, self.state_dict(), keep=keep)
-        self.last_good = path
+        if self.sync:
+            gan = [self.objective.gan.discriminator] if self.objective.gan is not None else []
+            if not distributed.replicas_identical(unwrap_model(self.model), self.ema.module, *gan):
+                raise RuntimeError(f"the ranks' weights differ at iteration {self.iteration}: the replicas "
+                                   "drifted apart (a bug); the last checkpoint is intact")
+            self.logger.log_validation(self.iteration, {"dist/replicas_identical": 1.0,
+                                                        "dist/world_size": distributed.world_size()})
+        path = self.run_dir / "training_state" / state_file_name(self.iteration)
+        if distributed.is_main():
+            models = self.run_dir / "models"
+            for kind, module in (("net_g_ema", self.ema.module), ("net_g", unwrap_model(self.model))):
+                archs.save(module, models / f"{kind}_{self.iteration:08d}.safetensors")
+                for old in sorted(models.glob(f"{kind}_[0-9]*.safetensors"))[:-keep]:
+                    old.unlink()
+            path = save_training_state(self.run_dir / "training_state", self.iteration, self.state_dict(), keep=keep)
+        self.last_good = path  # every rank: a rollback reads it on rank 0 and shares it
         return path
 
     def resume_if_asked(self) -> Path | None:
         outputs = Path("outputs").resolve()  # Hydra's runs live under ./outputs (job.chdir is off)
-        path = find_resume_state(self.cfg.train.resume, self.run_dir, outputs, self.cfg.name)
+        # Rank 0 finds and reads the state, every rank loads the same one (no shared disk needed).
+        path = distributed.on_main(lambda: find_resume_state(self.cfg.train.resume, self.run_dir, outputs,
+                                                             self.cfg.name))
         if path is not None:
-            self.load_state_dict(load_training_state(path))
+            self.load_state_dict(distributed.on_main(lambda: load_training_state(path)))
             self.last_good = path
-            self._adopt_best_weights(path.parent.parent)
+            if distributed.is_main():
+                self._adopt_best_weights(path.parent.parent)
         return path
 
     def _adopt_best_weights(self, source_run: Path) -> None:
@@ -219,7 +241,8 @@ class Trainer:
 
     def _rollback(self) -> None:
         """Back to the last good weights and optimizer state; iteration, data and automations go on."""
-        state = self.last_good if isinstance(self.last_good, dict) else load_training_state(self.last_good)
+        state = (self.last_good if isinstance(self.last_good, dict)
+                 else distributed.on_main(lambda: load_training_state(self.last_good)))
         unwrap_model(self.model).load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -235,12 +258,28 @@ class Trainer:
         lq, gt = lq.to(self.device, non_blocking=True), gt.to(self.device, non_blocking=True)
         if self.channels_last:
             lq = lq.contiguous(memory_format=torch.channels_last)
-        with self.precision.autocast():
-            sr = self.forward(lq)
-            total, parts = self.objective.generator_loss(sr.float(), gt)
+        oom = None
+        try:
+            with self.precision.autocast():
+                sr = self.forward(lq)
+                total, parts = self.objective.generator_loss(sr.float(), gt)
+        except torch.OutOfMemoryError as error:
+            oom = str(error)  # the message only: the traceback would keep the activations alive
+        # Under DDP the backward pass all-reduces gradients, so every rank must enter it or none:
+        # an out-of-memory error on any rank makes every rank retry the step at a smaller batch.
+        if distributed.any_rank(oom is not None) if self.sync else oom is not None:
+            raise torch.OutOfMemoryError(oom or "out of memory on another rank")
         if poison:  # debug.inject_nan_at: a loss that really is non-finite, through the real path
             total = total * float("nan")
-        self.precision.scaler.scale(total * share).backward()
+        try:
+            self.precision.scaler.scale(total * share).backward()
+        except torch.OutOfMemoryError:
+            if not self.sync:
+                raise
+            # The other ranks wait inside this backward's all-reduce: no retry can line up with them.
+            raise RuntimeError(f"out of memory in the backward pass on rank {distributed.rank()}: under "
+                               "torchrun this ends the run; resume with train.resume=auto and a smaller "
+                               "train.batch_size or train.lq_size") from None
         if self.objective.gan is not None:
             self._for_discriminator = (sr.detach(), gt)
         return float(total.detach()), {k: float(v.detach()) for k, v in parts.items()}
@@ -309,6 +348,9 @@ class Trainer:
                 self.stream.set_batch_size(self.suite.batch.batch_size)
                 chunks = self._chunks(batches, self.suite.batch.batch_size)
         self.iteration = it
+        if self.sync:  # the automations decide from the mean over ranks, so every rank decides alike
+            total, *means = distributed.all_reduce_mean([total, *parts.values()])
+            parts = dict(zip(parts, means))
         stats = {"loss": total, "lr": self.lr, "batch_size": samples / train.grad_accum}
         stats.update({f"loss/{k}": v for k, v in parts.items()})
         if not math.isfinite(total):
@@ -325,9 +367,13 @@ class Trainer:
         stats.update({"grad_norm": norm, "clip_threshold": self.suite.clip.threshold,
                       "clipped": float(norm > self.suite.clip.threshold)})
         if self.device.type == "cuda":
-            stats["peak_mem_bytes"] = float(torch.cuda.max_memory_reserved(self.device))
+            stats["peak_mem_bytes"] = distributed.all_reduce_max(float(torch.cuda.max_memory_reserved(self.device)))
         old_batch = self.suite.batch.batch_size
         self.record(self.suite.on_step_end(it, stats))
+        if len(self.suite.loss_schedule.scheduled) > 1:  # each loss's trend, beside its weight, in the logs
+            for name, trend in self.suite.loss_schedule.trends.items():
+                stats.update({f"loss_trend/{name}/{key}": value for key, value in trend.items()})
+                stats[f"loss_weight/{name}"] = self.objective.weights[name]
         if self.suite.batch.batch_size != old_batch:
             self.stream.set_batch_size(self.suite.batch.batch_size)
             if self.device.type == "cuda":
@@ -350,16 +396,28 @@ class Trainer:
         return {**stats, "skipped": 1.0}
 
     def validate(self) -> dict[str, float]:
-        metrics = self.validator(self.ema.module, self.iteration, self.channels_last)
+        # Rank 0 validates and shares the metrics: early stop and the LR see the same numbers everywhere.
+        metrics = distributed.on_main(lambda: self.validator(self.ema.module, self.iteration, self.channels_last))
         self.logger.log_validation(self.iteration, metrics)
         self.last_val = metrics
         self.record(self.suite.on_validation(self.iteration, metrics))
         self.stopped_early = bool(self.suite.early_stop.should_stop)
         if metrics["val/psnr"] > self.best["psnr"]:
             self.best = {"psnr": metrics["val/psnr"], "ssim": metrics["val/ssim"], "iter": self.iteration}
-            archs.save(self.ema.module, self.run_dir / "models" / "best.safetensors",
-                       metadata={"iteration": str(self.iteration), "val_psnr": f"{metrics['val/psnr']:.4f}"})
+            if distributed.is_main():
+                archs.save(self.ema.module, self.run_dir / "models" / "best.safetensors",
+                           metadata={"iteration": str(self.iteration), "val_psnr": f"{metrics['val/psnr']:.4f}"})
         return metrics
+
+    @contextlib.contextmanager
+    def local(self):
+        """Steps on this rank alone (start-up probes on rank 0): the plain module, no collectives."""
+        forward, sync = self.forward, self.sync
+        self.forward, self.sync = unwrap_model(self.model), False
+        try:
+            yield
+        finally:
+            self.forward, self.sync = forward, sync
 
     def close(self) -> None:
         self.stream.close()
@@ -416,6 +474,22 @@ def start_up(trainer: Trainer) -> None:
         trainer.record(find_lr(trainer))
 
 
+def start_up_everywhere(trainer: Trainer) -> None:
+    """`start_up`, once: under torchrun rank 0 measures on its own and every rank adopts the result."""
+    if not trainer.sync:
+        start_up(trainer)
+        return
+    if distributed.is_main():
+        with trainer.local():
+            start_up(trainer)
+    shared = distributed.on_main(lambda: {"automations": trainer.suite.state_dict(),
+                                          "batch_size": trainer.stream.batch_size,
+                                          "lq_size": int(trainer.data.train.lq_size)})
+    if not distributed.is_main():
+        trainer.suite.load_state_dict(shared["automations"])
+        trainer.apply_batch_and_patch(shared["batch_size"], shared["lq_size"])
+
+
 def train(cfg: DictConfig, run_dir: Path) -> float:
     started = time.perf_counter()
     trainer = Trainer(cfg, run_dir)
@@ -424,33 +498,40 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if resumed is not None:
         print(f"resumed      from {resumed} at iteration {trainer.iteration}", flush=True)
     else:
-        start_up(trainer)
+        start_up_everywhere(trainer)
     total, train_cfg = cfg.train.total_iter, cfg.train
     progress = trainer.progress = Progress(total, start=trainer.iteration)
     interrupted = False
+    # train.max_minutes: a wall-clock budget for this process (start-up included); the run then
+    # ends as if it had reached total_iter: validated, saved, summarised.
+    deadline = None if train_cfg.max_minutes is None else started + 60 * train_cfg.max_minutes
     window_start, window_iters = time.perf_counter(), 0
     previous_handler = _catch_ctrl_c(trainer)
     try:
-        while trainer.iteration < total and not trainer.stopped_early:
+        while trainer.iteration < total and not trainer.stopped_early and not trainer.time_up:
             stats = trainer.step()
             it = trainer.iteration
+            kill_point("step", it)  # debug.kill_at (a no-op unless armed)
+            trainer.time_up = distributed.any_rank(deadline is not None and time.perf_counter() >= deadline)
+            last = it == total or trainer.time_up
             window_iters += 1
             progress.update(it, stats["loss"], stats["lr"], int(stats["batch_size"]))
-            if it % train_cfg.log_freq == 0 or it == total:
+            if it % train_cfg.log_freq == 0 or last:
                 now = time.perf_counter()
                 stats["it_per_s"] = window_iters / max(now - window_start, 1e-9)
                 window_start, window_iters = now, 0
                 trainer.logger.log_step(it, stats)
-            if it % train_cfg.val_freq == 0 or it == total:
+            if it % train_cfg.val_freq == 0 or last:
                 metrics = trainer.validate()
                 progress.write(f"iter {it}: val PSNR {metrics['val/psnr']:.2f} dB, SSIM {metrics['val/ssim']:.4f} "
                                f"(bicubic {metrics['val/bicubic_psnr']:.2f} dB)")
+            trainer.stop_requested = distributed.any_rank(trainer.stop_requested)  # Ctrl+C on any rank
             if trainer.stop_requested:
                 interrupted = True
                 progress.write(f"interrupted at iteration {it}: saving the training state")
                 trainer.save()
                 break
-            if it % train_cfg.save_freq == 0 or it == total or trainer.stopped_early:
+            if it % train_cfg.save_freq == 0 or last or trainer.stopped_early:
                 trainer.save()
     except KeyboardInterrupt:  # a second Ctrl+C: stop at once, the last checkpoint stays as it is
         interrupted = True
@@ -463,7 +544,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         trainer.close()
     if not trainer.last_val and not interrupted:
         trainer.validate()  # resumed a finished run: still report its quality
-    write_plots(run_dir)
+    if distributed.is_main():
+        write_plots(run_dir)
     print(summary(trainer, time.perf_counter() - started, interrupted), flush=True)
     return float(trainer.best["psnr"])
 
@@ -504,6 +586,9 @@ def summary(trainer: Trainer, seconds: float, interrupted: bool) -> str:
     if trainer.stopped_early:
         lines.append(f"stopped early at iteration {trainer.iteration}: no PSNR gain for "
                      f"{trainer.cfg.automation.early_stop.patience} iterations")
+    if trainer.time_up:
+        lines.append(f"stopped      at iteration {trainer.iteration}: train.max_minutes="
+                     f"{trainer.cfg.train.max_minutes} spent")
     if val:
         gain = val["val/psnr"] - val["val/bicubic_psnr"]
         lines += [
@@ -515,6 +600,9 @@ def summary(trainer: Trainer, seconds: float, interrupted: bool) -> str:
         lines.append(f"best         {best['psnr']:.2f} dB at iteration {best['iter']}: "
                      f"{trainer.run_dir / 'models' / 'best.safetensors'}")
     lines += automation_report(trainer)
+    if trainer.sync:
+        lines.append(f"ranks        {distributed.world_size()} ({distributed.backend()}), the same weights on "
+                     "every rank at every save; per-rank batch as above")
     lines += [f"time         {minutes} min {secs} s for {trainer.iteration} iterations",
               f"run          {trainer.run_dir}"]
     return "\n".join(lines)

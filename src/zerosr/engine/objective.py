@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from zerosr.engine import distributed
 from zerosr.errors import UserError
 
 _ENGINE_KEYS = ("weight", "name", "discriminator", "optimizer")
@@ -58,10 +59,11 @@ class Objective:
         with autocast():
             loss = gan.loss.discriminator_loss(gan.discriminator(gt), gan.discriminator(sr.detach()))
         scaler.scale(loss).backward()
+        distributed.average_gradients(gan.discriminator)  # torchrun: the discriminator is not in DDP
         scaler.step(gan.optimizer)  # the caller runs scaler.update() once both optimizers stepped
         gan.optimizer.zero_grad(set_to_none=True)
         gan.discriminator.requires_grad_(False)
-        return float(loss.detach())
+        return distributed.all_reduce_mean([float(loss.detach())])[0]
 
     def state_dict(self) -> dict:
         state = {"weights": dict(self.weights)}
