@@ -97,3 +97,23 @@ def test_disabled_progress_prints_nothing():
     progress.write("hidden")
     progress.close()
     assert stream.getvalue() == ""
+
+
+def test_full_disk_while_logging_is_one_user_error(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from zerosr.errors import UserError
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    logger = RunLogger(tmp_path, tensorboard=False)
+    logger.log_step(1, {"loss": 0.5})
+    monkeypatch.setattr(RunLogger, "_open_for_append", staticmethod(lambda path: FullDisk()))
+    with pytest.raises(UserError, match=r"could not write .*automation.jsonl: No space left on device"):
+        logger.log_automation(2, "lr", {"lr": (1e-3, 5e-4)}, "plateau")
+    logger.close()
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"iter": 1, "loss": 0.5}]  # what was written stays

@@ -322,7 +322,8 @@ def preflight(cfg: DictConfig, stream=None) -> Report:
         print(f"error: ... and {len(report.errors) - MAX_LISTED_ERRORS} more problems like these", file=stream)
     print(report.summary(), flush=True)
     if report.errors:
-        raise UserError(f"preflight found {len(report.errors)} problems in the data (listed above): fix them and "
-                        "run again; python -m zerosr.doctor with the same overrides re-checks in seconds")
+        count = len(report.errors)
+        raise UserError(f"preflight found {count} problem{'s' if count > 1 else ''} in the data (listed above): "
+                        "fix them and run again; python -m zerosr.doctor with the same overrides re-checks in seconds")
     return report
 

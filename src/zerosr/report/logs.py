@@ -13,6 +13,8 @@ import numbers
 from pathlib import Path
 from typing import IO, Any
 
+from zerosr.errors import UserError
+
 log = logging.getLogger("zerosr")
 
 METRICS_FILE = "metrics.jsonl"
@@ -77,14 +79,18 @@ class RunLogger:
                 self._scalar(key, value, iteration)
 
     def _append(self, name: str, record: dict) -> None:
-        f = self._files.get(name)
-        if f is None:
-            f = self._open_for_append(self.run_dir / name)
-            self._files[name] = f
-        # Non-finite floats are written as NaN/Infinity, which Python's json reads back; values
-        # JSON cannot represent (paths, enums) are written as their str() rather than failing.
-        f.write(json.dumps(record, default=str) + "\n")
-        f.flush()
+        try:
+            f = self._files.get(name)
+            if f is None:
+                f = self._open_for_append(self.run_dir / name)
+                self._files[name] = f
+            # Non-finite floats are written as NaN/Infinity, which Python's json reads back; values
+            # JSON cannot represent (paths, enums) are written as their str() rather than failing.
+            f.write(json.dumps(record, default=str) + "\n")
+            f.flush()
+        except OSError as err:  # typically a full disk: one line, the checkpoints already written stay
+            raise UserError(f"could not write {self.run_dir / name}: {err.strerror or err} (free disk space "
+                            "or set hydra.run.dir elsewhere); the last checkpoint is intact") from None
 
     @staticmethod
     def _open_for_append(path: Path) -> IO[str]:
