@@ -262,6 +262,16 @@ def test_preflight_lists_every_fatal_problem_with_its_fix(tmp_path):
     assert len(errors) == len(expected), errors
 
 
+def test_preflight_accepts_data_appended_after_the_end_marker(tmp_path):
+    hr, lr = tmp_path / "hr", tmp_path / "lr"
+    for i, ext in enumerate(("png", "jpg")):
+        write_image(hr / f"x{i}.{ext}", image(48, seed=i))
+        write_image(lr / f"x{i}.{ext}", image(24, seed=i))
+        path = hr / f"x{i}.{ext}"  # a "motion photo" or a metadata tool appends bytes after the end marker
+        path.write_bytes(path.read_bytes() + b"\0" * 4096)
+    assert check_run(paired(hr, lr, **{"train.seed": 0, "data.n_val": 1})).errors == []
+
+
 def test_preflight_missing_and_empty_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     errors = check_run(paired(tmp_path / "missing", tmp_path / "empty")).errors
@@ -316,3 +326,18 @@ def test_hydra_full_error_keeps_the_traceback(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "train.batch_size=big"], cwd=tmp_path,
                          capture_output=True, text=True, env={**ENV, "HYDRA_FULL_ERROR": "1"}, timeout=120)
     assert out.returncode == 1 and "Traceback" in out.stderr
+
+
+def test_an_omegaconf_error_inside_the_job_is_a_bug_not_a_config_line():
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError
+
+    from zerosr.cli import exit_on_user_error
+
+    @exit_on_user_error
+    def job():
+        return OmegaConf.create({"a": 1}).missing_key  # a code bug reading a key that is not there
+
+    with pytest.raises(RuntimeError, match="ConfigAttributeError") as caught:
+        job()
+    assert isinstance(caught.value.__cause__, ConfigAttributeError)

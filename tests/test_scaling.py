@@ -84,10 +84,13 @@ def test_optuna_sweep_maximises_psnr_and_resumes_to_n_trials_in_total(data, tmp_
     assert sorted(p.name.split("_")[0] for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]
 
 
-def test_optuna_survives_trials_without_a_value(tmp_path):
+@pytest.mark.parametrize("trial_fault", ["dry_run=true", "train.lr=choice(-1.0,-2.0)"])
+def test_optuna_survives_trials_without_a_value(tmp_path, trial_fault):
+    # A dry run returns NaN; a bad value stops its trial with a UserError. Either way the trial is
+    # recorded as failed and the sweep goes on to the next one.
     sweep = tmp_path / "sweep"
     out = train_py("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}",
-                   "dry_run=true")  # a dry run returns NaN
+                   "dry_run=true", trial_fault)
     assert out.returncode == 0, out.stderr[-3000:]
     assert trial_states(sweep) == ["FAIL", "FAIL"] and "no trial completed" in out.stdout
 
@@ -130,3 +133,48 @@ def test_torchrun_two_cpu_ranks_share_one_run_and_resume(data, tmp_path):
     steps = [r for r in records(second[0] / "metrics.jsonl") if "loss" in r]
     assert [r["iter"] for r in steps] == [7, 8, 9]
     assert steps[0]["batch_size"] == ooms[0]["change"]["batch_size"][1]  # the halved batch came back
+
+
+def test_multirun_job_with_a_bad_value_ends_in_one_line(tmp_path):
+    out = train_py("-m", "train.lr=1e-4,-1", "dry_run=true", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "error: train.lr=-1.0 must be positive" in out.stderr
+
+
+def _on_main_fails_on_rank_zero(rank: int, port: int, results) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    from zerosr.engine import distributed
+    from zerosr.errors import UserError
+
+    distributed.init()
+
+    def read_state():
+        raise UserError("the state file is corrupt")
+
+    try:
+        distributed.on_main(read_state)
+        results.put((rank, "returned"))
+    except UserError as error:
+        results.put((rank, str(error)))
+    distributed.shutdown()
+
+
+def test_a_failure_on_rank_zero_reaches_every_rank_instead_of_a_hang():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_on_main_fails_on_rank_zero, args=(r, port, results)) for r in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert all(worker.exitcode == 0 for worker in workers)
+    assert sorted(results.get(timeout=5) for _ in workers) == [(0, "the state file is corrupt"),
+                                                              (1, "the state file is corrupt")]

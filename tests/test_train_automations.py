@@ -134,3 +134,23 @@ def test_resume_mid_run_restores_decisions_of_every_kind(data, tmp_path):
     tail = [(r["iter"], r["automation"], r["change"]) for r in log if r["iter"] > 6]
     assert tail == [(r["iter"], r["automation"], r["change"]) for r in records(resumed, "automation.jsonl")
                     if r["iter"] > 6]  # the same decisions after the resume point
+
+
+def test_start_up_probes_leave_a_gan_discriminator_untouched(data, tmp_path):
+    """The batch search runs real generator losses, whose discriminator forward moves its
+    spectral-norm vectors; the probes must leave it (and the generator) as they found it."""
+    from zerosr.config.compose import compose_config
+    from zerosr.engine.loop import Trainer
+    from zerosr.engine.startup import search_batch_size
+
+    gan = ("[{_target_:zerosr.losses.CharbonnierLoss,weight:1.0},"
+           "{_target_:zerosr.losses.GANLoss,weight:0.05,discriminator:{_target_:zerosr.losses.UNetDiscriminatorSN,num_feat:8}}]")
+    trainer = Trainer(compose_config(auto_overrides(data, **{"automation.batch.enabled": True, "train.losses": gan})),
+                      tmp_path / "run")
+    before = {k: v.clone() for k, v in trainer.objective.state_dict()["discriminator"].items()}
+    model_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    search_batch_size(trainer)
+    after = trainer.objective.state_dict()["discriminator"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(model_before[k], v) for k, v in trainer.model.state_dict().items())
+    trainer.close()

@@ -32,13 +32,13 @@ def run(cfg: DictConfig) -> float:
         run_dir = join_ranks(run_dir)
     if distributed.is_main():
         write_replayable(resolved_dict(cfg), run_dir / "resolved_config.yaml")
-    print(describe_choices(cfg, probe()), flush=True)
-    if cfg.dry_run:
-        print(f"dry run: config saved to {run_dir / 'resolved_config.yaml'}; no training")
-        return float("nan")
-    from zerosr.engine.loop import train
-
     try:
+        print(describe_choices(cfg, probe()), flush=True)
+        if cfg.dry_run:
+            print(f"dry run: config saved to {run_dir / 'resolved_config.yaml'}; no training")
+            return float("nan")
+        from zerosr.engine.loop import train
+
         return train(cfg, run_dir)
     finally:
         distributed.shutdown()

@@ -10,27 +10,44 @@ from zerosr.errors import UserError
 
 
 def exit_on_user_error(function):
-    """Turn a UserError into `error: <message>` and exit 2; HYDRA_FULL_ERROR=1 keeps the traceback."""
+    """Turn a UserError into `error: <message>` and exit 2; HYDRA_FULL_ERROR=1 keeps the traceback.
 
-    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+    In a multirun job the error is raised instead, as a UserError: the sweeper records that job as
+    failed (Optuna goes on to the next trial) and the handler below reports it in one line if the
+    sweep ends on it. Any other Hydra/OmegaConf error raised while the job runs is a bug, not a
+    config mistake: it leaves as a RuntimeError, so the handler does not disguise it as one."""
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
+
+    def fail(message: str, error: BaseException):
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise error
+        if _in_multirun_job():
+            raise UserError(message) from None
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
     @functools.wraps(function)
     def guarded(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except UserError as error:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            fail(str(error), error)
         except (MissingMandatoryValue, InterpolationResolutionError) as error:
             # A value left at ??? or an interpolation that cannot resolve: the config's fault.
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"error: {config_error_line(error)}", file=sys.stderr)
-            sys.exit(2)
+            fail(config_error_line(error), error)
+        except (HydraException, OmegaConfBaseException) as error:
+            raise RuntimeError(f"{type(error).__name__}: {error}") from error
 
     return guarded
+
+
+def _in_multirun_job() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 # --------------------------------------------------------------------------- Hydra's config errors
@@ -79,9 +96,9 @@ def _override_value(key: str) -> str | None:
 
 def install_hydra_error_handler() -> None:
     """Make Hydra report config errors (unknown option or key, ill-typed value, bad override
-    syntax, missing value) as `error: <one line>` with exit code 2 instead of its multi-line
-    message and exit code 1. Other exceptions keep Hydra's own report; HYDRA_FULL_ERROR=1 keeps
-    the traceback for everything.
+    syntax, missing value) and a multirun job's UserError as `error: <one line>` with exit code 2
+    instead of its multi-line message and exit code 1. Other exceptions keep Hydra's own report;
+    HYDRA_FULL_ERROR=1 keeps the traceback for everything.
 
     Hydra routes every phase (composition, the job, --cfg) through
     `hydra._internal.utils.run_and_report`; this wraps it.
@@ -98,10 +115,11 @@ def install_hydra_error_handler() -> None:
         def guarded():
             try:
                 return func()
-            except (HydraException, OmegaConfBaseException) as error:
+            except (HydraException, OmegaConfBaseException, UserError) as error:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
-                print(f"error: {config_error_line(error)}", file=sys.stderr)
+                line = str(error) if isinstance(error, UserError) else config_error_line(error)
+                print(f"error: {line}", file=sys.stderr)
                 sys.exit(2)
 
         return original(guarded)

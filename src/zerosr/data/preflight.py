@@ -96,10 +96,12 @@ def inspect_image(path: Path) -> ImageInfo:
         raise UserError(f"'{path}' is too large to train on: cut it into tiles") from None
     except OSError:  # PIL.UnidentifiedImageError included: let OpenCV, the real decoder, try
         return _inspect_by_decoding(path)
-    if fmt == "PNG" and not tail.rstrip(b"\0").endswith(b"IEND\xaeB`\x82"):
-        raise UserError(f"'{path}' is a truncated PNG (no end marker): re-export it or remove it")
-    if fmt in ("JPEG", "MPO") and b"\xff\xd9" not in tail:
-        raise UserError(f"'{path}' is a truncated JPEG (no end marker): re-export it or remove it")
+    png_ends = fmt == "PNG" and tail.rstrip(b"\0").endswith(b"IEND\xaeB`\x82")
+    jpeg_ends = fmt in ("JPEG", "MPO") and b"\xff\xd9" in tail
+    if fmt in ("PNG", "JPEG", "MPO") and not (png_ends or jpeg_ends):
+        # No end marker at the end: truncated, or data appended after it (a phone's "motion photo",
+        # metadata tools). The real decoder decides, for these files only.
+        _decodes_whole(path, fmt)
     kinds = []
     if mode in _GRAY_MODES or mode == "LA":
         kinds.append("grayscale")
@@ -113,6 +115,15 @@ def inspect_image(path: Path) -> ImageInfo:
     if png_16 or mode.startswith("I;16"):
         kinds.append("16-bit")
     return ImageInfo(width, height, tuple(kinds))
+
+
+def _decodes_whole(path: Path, fmt: str) -> None:
+    """UserError unless OpenCV decodes every pixel row of `path` (it fails on a truncated file)."""
+    try:
+        _inspect_by_decoding(path)
+    except UserError:
+        raise UserError(f"'{path}' is a truncated {fmt} (no end marker, cannot be decoded): re-export it or "
+                        "remove it") from None
 
 
 def _inspect_by_decoding(path: Path) -> ImageInfo:

@@ -14,6 +14,8 @@ iteration and the ranks' collective calls always line up.
 
 from __future__ import annotations
 
+import datetime
+
 import logging
 import os
 import shutil
@@ -80,9 +82,11 @@ def init() -> str | None:
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank())
-            dist.init_process_group("nccl")
+            # Validation and start-up measurements run on rank 0 alone while the others wait in a
+            # broadcast: NCCL's default 10-minute watchdog would abort a long validation.
+            dist.init_process_group("nccl", timeout=datetime.timedelta(hours=2))
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=datetime.timedelta(hours=2))
     return dist.get_backend()
 
 
@@ -171,10 +175,32 @@ def average_gradients(module) -> None:
             param.grad.div_(world_size())
 
 
+class RankZeroFailed(RuntimeError):
+    """Raised on the other ranks when what rank 0 ran for everyone failed there."""
+
+
 def on_main(function: Callable[[], T]) -> T:
     """Run `function` on rank 0 only and give its result to every rank (e.g. read a state file:
-    only rank 0 needs the run directory, so nodes need no shared file system)."""
-    return broadcast_object(function() if is_main() else None)
+    only rank 0 needs the run directory, so nodes need no shared file system). If it raises on
+    rank 0, every rank raises (rank 0 its own error), rather than the others waiting in the
+    broadcast until the backend's timeout."""
+    if not is_distributed():
+        return function()
+    from zerosr.errors import UserError
+
+    outcome: tuple = (None, None, False)
+    error: BaseException | None = None
+    if is_main():
+        try:
+            outcome = (function(), None, False)
+        except Exception as failure:  # noqa: BLE001 - re-raised below on every rank
+            error, outcome = failure, (None, str(failure), isinstance(failure, UserError))
+    result, failed, users_mistake = broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if failed is not None:  # a user's mistake stays one line on every rank
+        raise UserError(failed) if users_mistake else RankZeroFailed(f"rank 0 failed: {failed}")
+    return result
 
 
 def wrap(model, device):

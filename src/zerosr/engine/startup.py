@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 
 class _Restored:
-    """Snapshot model, EMA-free optimizer and scaler state on entry; restore it on exit."""
+    """Snapshot model, optimizer, scaler and objective (a GAN's discriminator: its spectral-norm
+    vectors move on every forward) on entry; restore them on exit. The EMA is not touched."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
@@ -37,6 +38,7 @@ class _Restored:
         self.model = copy.deepcopy(t.model.state_dict())
         self.optimizer = copy.deepcopy(t.optimizer.state_dict())
         self.scaler = copy.deepcopy(t.precision.scaler.state_dict())
+        self.objective = copy.deepcopy(t.objective.state_dict())
         self.rng = torch.get_rng_state()
         return self
 
@@ -45,6 +47,7 @@ class _Restored:
         t.model.load_state_dict(self.model)
         t.optimizer.load_state_dict(self.optimizer)
         t.precision.scaler.load_state_dict(self.scaler)
+        t.objective.load_state_dict(self.objective)
         t.optimizer.zero_grad(set_to_none=True)
         torch.set_rng_state(self.rng)
 
