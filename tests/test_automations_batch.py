@@ -76,7 +76,7 @@ def test_peak_memory_of_runs_the_step_on_cpu():
     assert ran == [1, 1]
 
 
-def test_cpu_pick_is_the_smallest_near_the_fastest_within_ram():
+def test_cpu_pick_keeps_the_tier_size_unless_another_is_clearly_faster_within_ram():
     speeds = {1: 10.0, 2: 18.0, 4: 30.0, 8: 31.0, 16: 20.0, 32: 5.0}
     measured = []
 
@@ -84,12 +84,14 @@ def test_cpu_pick_is_the_smallest_near_the_fastest_within_ram():
         measured.append(batch)
         return speeds[batch]
 
-    batch, seen = cpu_batch_size(measure, speeds, ram_budget_bytes=16 * 100, bytes_per_sample=100)
-    assert batch == 4  # 30 is within 5 % of 31
+    batch, seen = cpu_batch_size(measure, speeds, ram_budget_bytes=16 * 100, bytes_per_sample=100, preferred=4)
+    assert batch == 4  # 30 is within 5 % of 31: the tier's size stays
     assert 32 not in measured  # over the RAM budget
     assert set(seen) == set(measured) == {1, 2, 4, 8, 16}
-    batch, _ = cpu_batch_size(measure, speeds, ram_budget_bytes=2 * 100, bytes_per_sample=100)
-    assert batch == 2
+    batch, _ = cpu_batch_size(measure, speeds, ram_budget_bytes=16 * 100, bytes_per_sample=100, preferred=16)
+    assert batch == 8  # 20 is far below 31: the fastest
+    batch, _ = cpu_batch_size(measure, speeds, ram_budget_bytes=2 * 100, bytes_per_sample=100, preferred=4)
+    assert batch == 2  # 4 does not fit the RAM budget
 
 
 def test_cpu_pick_stops_once_throughput_falls():

@@ -109,9 +109,11 @@ def search_batch_size(trainer: Trainer) -> list[Decision]:
             # One octave either side of the tier's batch: throughput on a CPU is flat beyond that.
             candidates = [b for b in (old_batch // 2, old_batch, old_batch * 2)
                           if auto.min_batch_size <= b <= auto.max_batch_size]
-            batch, speeds = cpu_batch_size(samples_per_second, candidates or [old_batch], budget, per_sample)
+            batch, speeds = cpu_batch_size(samples_per_second, candidates or [old_batch], budget, per_sample,
+                                           preferred=old_batch)
             rates = ", ".join(f"{b}: {s:.0f}" for b, s in sorted(speeds.items()))
-            why = f"measured samples/s ({rates}) within {budget / 2**30:.1f} GiB RAM: the smallest near the fastest"
+            why = (f"measured samples/s ({rates}) within {budget / 2**30:.1f} GiB RAM: the tier's {old_batch} "
+                   "unless another is over 5 % faster")
     seconds = time.perf_counter() - started
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.device)  # the probes' peaks must not judge the run
