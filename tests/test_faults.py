@@ -341,3 +341,11 @@ def test_an_omegaconf_error_inside_the_job_is_a_bug_not_a_config_line():
     with pytest.raises(RuntimeError, match="ConfigAttributeError") as caught:
         job()
     assert isinstance(caught.value.__cause__, ConfigAttributeError)
+
+
+def test_an_explicit_resume_file_is_checked_on_rank_zero_only(data, tmp_path, monkeypatch):
+    missing = {"train.resume": str(tmp_path / "nowhere.pt")}
+    assert any("train.resume" in e for e in check_run(paired(*data, **missing)).errors)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")  # another node of a torchrun job: rank 0 reads the state and shares it
+    assert not any("train.resume" in e for e in check_run(paired(*data, **missing)).errors)

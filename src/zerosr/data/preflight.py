@@ -287,8 +287,12 @@ def _check_weights(cfg: DictConfig, report: Report) -> None:
                                 f"{wanted[0]} x{wanted[1]}: pick matching weights or set arch/scale to match")
         except UserError as err:
             report.errors.append(str(err))
+    from zerosr.engine import distributed
+
     resume = train.resume
-    if resume is not None and str(resume).strip().lower() not in ("", "none", "false", "auto"):
+    # Under torchrun only rank 0 reads the state (it shares it), so other nodes need no copy of it.
+    if distributed.is_main() and resume is not None and str(resume).strip().lower() not in (
+            "", "none", "false", "auto"):
         from zerosr.engine.checkpoint import find_resume_state, verify_state_file
 
         try:
