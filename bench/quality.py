@@ -24,15 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from zerosr import archs
+from step import BareStep, timed  # bench/step.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "bsd100_x2"
@@ -52,21 +51,11 @@ STEP_SHARE = 0.65
 
 
 def iterations_in(budget_s: float, batch: int = 8, lq: int = 48) -> int:
-    """Every run's length: the bare nano steps (forward, backward, AdamW) that fit in the budget's
-    training share, so that a fixed schedule can reach its end within the budget."""
-    torch.manual_seed(0)
-    model = archs.build("paragonsr2_nano", 2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x, y = torch.rand(batch, 3, lq, lq), torch.rand(batch, 3, 2 * lq, 2 * lq)
-    times = []
-    for i in range(23):
-        begin = time.perf_counter()
-        (model(x) - y).abs().mean().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i >= 3:
-            times.append(time.perf_counter() - begin)
-    return int(STEP_SHARE * budget_s / (sorted(times)[len(times) // 2]))
+    """Every run's length: the bare nano steps (forward, backward, AdamW; bench/step.py's) that fit
+    in the budget's training share, so that a fixed schedule can reach its end within the budget."""
+    step = BareStep("paragonsr2_nano", batch, lq)
+    times = [timed(step) for _ in range(23)][3:]
+    return int(STEP_SHARE * budget_s / statistics.median(times))
 
 
 def run(label: str, extra: list[str], budget_s: float, total_iter: int, n_val: int, workdir: Path) -> dict:
