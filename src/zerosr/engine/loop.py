@@ -277,7 +277,7 @@ class Trainer:
             if not self.sync:
                 raise
             # The other ranks wait inside this backward's all-reduce: no retry can line up with them.
-            raise RuntimeError(f"out of memory in the backward pass on rank {distributed.rank()}: under "
+            raise UserError(f"out of memory in the backward pass on rank {distributed.rank()}: under "
                                "torchrun this ends the run; resume with train.resume=auto and a smaller "
                                "train.batch_size or train.lq_size") from None
         if self.objective.gan is not None:
