@@ -14,7 +14,7 @@ import torch
 from zerosr.automations import Automations, Decision, build_automations
 from zerosr.config.compose import compose_config
 from zerosr.engine.checkpoint import to_weights_only
-from zerosr.engine.schedule import scheduled_lr
+from zerosr.automations.schedule import scheduled_lr
 
 GIB = 2**30
 WEIGHTS = {"charbonnier": 1.0, "perceptual": 0.1}

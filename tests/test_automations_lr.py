@@ -9,7 +9,7 @@ import pytest
 
 from zerosr.automations.lr import (LRController, lr_range_test, smoothing_window, sqrt_batch_scale,
                                    steepest_descent_index, warmup_ramp)
-from zerosr.engine.schedule import scheduled_lr
+from zerosr.automations.schedule import scheduled_lr
 from zerosr.errors import UserError
 
 CFG = {"enabled": True, "plateau_patience": 100, "reduce_factor": 0.5, "improvement_threshold": 1e-3,

@@ -21,7 +21,7 @@ from test_train import make_dataset, run, tiny_overrides
 from zerosr import archs
 from zerosr.config.compose import compose_config
 from zerosr.data import read_image, write_image
-from zerosr.data.preflight import check_run, preflight
+from zerosr.preflight import check_run, preflight
 from zerosr.engine import atomic, checkpoint, loop
 from zerosr.errors import UserError
 

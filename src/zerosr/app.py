@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> float:
     validate(cfg)
     arm_kill_points(cfg.debug.kill_at)  # debug.kill_at: SIGKILL at chosen points (fault tests)
     if not cfg.dry_run:
-        from zerosr.data.preflight import preflight
+        from zerosr.preflight import preflight
 
         preflight(cfg)  # the data, in seconds: every problem one line, exit 2
     run_dir = run_dir_of(cfg)

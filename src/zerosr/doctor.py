@@ -2,7 +2,7 @@
 
 Takes the same overrides as `train.py` (`data=paired data.gt_path=HR data.lq_path=LR scale=4 ...`),
 composes the same config, runs the same bounds checks and the data preflight
-(`zerosr.data.preflight`), prints one line per problem and the counts, and exits 0 when the run
+(`zerosr.preflight`), prints one line per problem and the counts, and exits 0 when the run
 can start, 2 when something must be fixed first.
 """
 
@@ -20,7 +20,7 @@ def check(overrides: list[str]) -> int:
 
     from zerosr.config.compose import compose_config
     from zerosr.config.validate import validate
-    from zerosr.data.preflight import preflight
+    from zerosr.preflight import preflight
 
     try:
         cfg = compose_config(overrides)

@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from zerosr.engine.atomic import atomic_write_bytes
+from zerosr.atomic import atomic_write_bytes
 from zerosr.errors import UserError
 
 from .registry import PARAMETERS, build

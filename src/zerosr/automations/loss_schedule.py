@@ -33,6 +33,7 @@ import math
 from typing import Iterable, Mapping
 
 from zerosr.automations.base import Automation, Decision, is_finite, param
+from zerosr.bounds import clamp
 from zerosr.errors import UserError
 
 SMOOTHING = 1.0 - math.exp(-1.0 / 10.0)
@@ -54,9 +55,6 @@ LOG_CHANGE = 0.10  # relative multiplier move worth a log line
 
 
 # --- pure maths ----------------------------------------------------------------------------------
-
-def clamp(value: float, low: float, high: float) -> float:
-    return max(low, min(high, value))
 
 
 def phase_of(iteration: int, total_iter: int) -> str:

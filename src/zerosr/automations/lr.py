@@ -12,7 +12,7 @@
 - repeated non-finite steps: roll back to the last good state and reduce, with a cool-down.
 
 Steady improvement holds the factor. With `enabled=false` the controller gives the project's fixed
-schedule (warm-up then cosine, `zerosr.engine.schedule.scheduled_lr`); only the non-finite rollback
+schedule (warm-up then cosine, `zerosr.automations.schedule.scheduled_lr`); only the non-finite rollback
 still lowers it, because that is fault handling, not tuning.
 
 `lr_range_test` is the optional start-of-run LR finder (Lightning-style); it takes callables, so
@@ -28,7 +28,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from zerosr.automations.base import Automation, Decision, is_finite, param
-from zerosr.engine.schedule import scheduled_lr
+from zerosr.bounds import clamp
+from zerosr.automations.schedule import scheduled_lr
 from zerosr.errors import UserError
 
 # The LR finder may move the base LR at most this far from the preset: a noisy curve must not
@@ -65,9 +66,6 @@ def warmup_ramp(iteration: int, warmup_iter: int) -> float:
         return 1.0
     return min(1.0, max(iteration, 1) / warmup_iter)
 
-
-def clamp(value: float, low: float, high: float) -> float:
-    return max(low, min(high, value))
 
 
 def improved(value: float, best: float | None, rel_threshold: float, higher_is_better: bool = False) -> bool:

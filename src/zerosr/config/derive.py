@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import math
 
+from zerosr.bounds import clamp
 from zerosr.config import presets
 
-
-def clamp(value: float, low: float, high: float) -> float:
-    return max(low, min(high, value))
 
 
 def first(*values):

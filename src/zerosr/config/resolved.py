@@ -27,7 +27,7 @@ def replayable(plain: dict) -> dict:
 
 
 def write_replayable(plain: dict, path: Path) -> None:
-    from zerosr.engine.atomic import atomic_write_bytes
+    from zerosr.atomic import atomic_write_bytes
 
     text = yaml.safe_dump(replayable(plain), sort_keys=False)
     atomic_write_bytes(Path(path), text.encode("utf-8"))

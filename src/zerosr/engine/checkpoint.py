@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zerosr.engine.atomic import atomic_save, atomic_write_bytes
+from zerosr.atomic import atomic_save, atomic_write_bytes
 from zerosr.engine.killpoints import kill_point
 from zerosr.errors import UserError
 

@@ -33,9 +33,10 @@ from zerosr.engine.ema import ModelEMA, unwrap_model
 from zerosr.engine.killpoints import kill_point
 from zerosr.engine.objective import build_objective
 from zerosr.engine.precision import make_precision, select_device
-from zerosr.engine.schedule import set_lr
+from zerosr.automations.schedule import set_lr
 from zerosr.engine.startup import analyse_dataset, find_lr, search_batch_size
 from zerosr.engine.validation import Validator
+from zerosr.config.user_set import user_set_keys
 from zerosr.errors import UserError
 from zerosr.report.logs import RunLogger
 from zerosr.report.plots import write_plots
@@ -208,7 +209,7 @@ class Trainer:
         """Resuming into a new directory: the best weights so far come along, so `best` stays true."""
         source, target = source_run / "models" / "best.safetensors", self.run_dir / "models" / "best.safetensors"
         if source.exists() and source.resolve() != target.resolve():
-            from zerosr.engine.atomic import atomic_write_bytes
+            from zerosr.atomic import atomic_write_bytes
 
             atomic_write_bytes(target, source.read_bytes())
 
@@ -422,22 +423,6 @@ class Trainer:
     def close(self) -> None:
         self.stream.close()
         self.logger.close()
-
-
-def user_set_keys(prefix: str) -> set[str]:
-    """Keys under `prefix` the user set on the command line (explicit keys win over calibration)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return set()
-    keys = set()
-    for override in HydraConfig.get().overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key.startswith(prefix + "."):
-            keys.add(key[len(prefix) + 1:])
-        elif key == prefix:
-            keys.add("")
-    return keys
 
 
 def _short(value) -> str:

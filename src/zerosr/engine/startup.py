@@ -20,6 +20,7 @@ from zerosr.automations import (analyse, cpu_batch_size, find_batch_size, lr_ran
                                 peak_memory_of)
 from zerosr.automations.base import Decision
 from zerosr.automations.batch import lq_candidates
+from zerosr.config.user_set import user_set_keys
 from zerosr.engine.data import BatchStream
 
 if TYPE_CHECKING:
@@ -81,8 +82,6 @@ def search_batch_size(trainer: Trainer) -> list[Decision]:
 
             def try_batch(batch: int, lq_size: int) -> int | None:
                 return peak_memory_of(lambda: _synthetic_step(trainer, batch, lq_size), trainer.device)
-
-            from zerosr.engine.loop import user_set_keys
 
             lq_sizes = [s for s in lq_candidates(old_lq, preset.lq_size_min, preset.lq_size_max)
                         if s <= cfg.hardware_tier.max_lq_size] or [old_lq]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from zerosr.data.io import encode_image, to_float32
-from zerosr.engine.atomic import atomic_write_bytes
+from zerosr.atomic import atomic_write_bytes
 from zerosr.metrics import tensor_to_uint8
 
 _GAP = 4  # white pixels between panels

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from zerosr.engine.atomic import atomic_save
+from zerosr.atomic import atomic_save
 from zerosr.report.logs import METRICS_FILE, read_jsonl
 
 PLOTS_DIR = "plots"
