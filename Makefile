@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zerosr-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench train.py
 
 clean:
 	rm -rf $(VENV) outputs/* multirun

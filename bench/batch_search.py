@@ -30,8 +30,11 @@ def measure(arch: str, steps: int, run_dir: str) -> dict:
     cfg = compose_config([f"arch={arch}", "data.run_iter=null"])  # the preset's run length, not the demo's
     trainer = Trainer(cfg, run_dir)
     begin = time.perf_counter()
-    decisions = search_batch_size(trainer)
+    batch, lq, decision = search_batch_size(trainer.learner, cfg, cfg.train.batch_size, cfg.train.lq_size,
+                                            keep_lq_size=False)
     search_s = time.perf_counter() - begin
+    trainer.suite.adopt_batch(0, batch)
+    trainer.apply_batch(batch, lq)
     times = []
     for i in range(steps + 2):
         begin = time.perf_counter()
@@ -45,12 +48,12 @@ def measure(arch: str, steps: int, run_dir: str) -> dict:
         "tier": cfg.hardware_tier.name,
         "total_iter": cfg.train.total_iter,
         "batch_before": cfg.train.batch_size,
-        "batch_chosen": trainer.stream.batch_size,
+        "batch_chosen": batch,
         "search_s": round(search_s, 2),
         "step_s": round(step_s, 4),
         "run_s_extrapolated": round(run_s),
         "share": round(search_s / (search_s + run_s), 5),
-        "reason": decisions[0].reason,
+        "reason": decision.reason,
     }
 
 

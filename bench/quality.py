@@ -12,7 +12,7 @@ Runs:
 - `auto`: zero-config, only the data and the budget given.
 - `off_lr1e-4`, `off_lr2e-4`, `off_lr5e-4`: `automation=off` (fixed warm-up + cosine schedule,
   fixed batch) with that LR: the hand-set baselines.
-- `mistake`: zero-config plus the seed's "mistake" loss-schedule values (momentum 0.95,
+- `mistake`: zero-config plus known-bad loss-schedule values (momentum 0.95,
   max_weight 100).
 Result per run: its best validation PSNR (Y channel, border cropped: the value train.py returns),
 iterations done, wall time; `bicubic` is MATLAB-style bicubic upscaling on the same images.
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from step import BareStep, timed  # bench/step.py, beside this script
+from loop import BareStep, timed  # bench/loop.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "bsd100_x2"
@@ -51,7 +51,7 @@ STEP_SHARE = 0.65
 
 
 def iterations_in(budget_s: float, batch: int = 8, lq: int = 48) -> int:
-    """Every run's length: the bare nano steps (forward, backward, AdamW; bench/step.py's) that fit
+    """Every run's length: the bare nano steps (forward, backward, AdamW; bench/loop.py's) that fit
     in the budget's training share, so that a fixed schedule can reach its end within the budget."""
     step = BareStep("paragonsr2_nano", batch, lq)
     times = [timed(step) for _ in range(23)][3:]

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from zerosr.automations import Automations, Decision, build_automations
+from zerosr.automations.schedule import scheduled_lr
 from zerosr.config.compose import compose_config
 from zerosr.engine.checkpoint import to_weights_only
-from zerosr.automations.schedule import scheduled_lr
 
 GIB = 2**30
 WEIGHTS = {"charbonnier": 1.0, "perceptual": 0.1}

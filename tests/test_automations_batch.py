@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zerosr.automations.batch import (BatchController, adjusted_batch, cpu_batch_size, find_batch_size,
-                                      lq_candidates, memory_budget, peak_memory_of)
+from zerosr.automations.batch import (
+    BatchController,
+    adjusted_batch,
+    cpu_batch_size,
+    find_batch_size,
+    lq_candidates,
+    memory_budget,
+    peak_memory_of,
+)
 from zerosr.errors import UserError
 
 GIB = 2**30

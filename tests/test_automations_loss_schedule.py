@@ -7,8 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from zerosr.automations.loss_schedule import (SAFE_BOUNDS, SMOOTHING, TUNABLE, LossSchedule, balance_targets,
-                                              calibrated_params, phase_of, step_multiplier, update_trend)
+from zerosr.automations.loss_schedule import (
+    SAFE_BOUNDS,
+    SMOOTHING,
+    TUNABLE,
+    LossSchedule,
+    balance_targets,
+    calibrated_params,
+    phase_of,
+    step_multiplier,
+    update_trend,
+)
 from zerosr.config.presets import loss_schedule_preset
 from zerosr.errors import UserError
 

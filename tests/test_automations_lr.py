@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from zerosr.automations.lr import (LRController, lr_range_test, smoothing_window, sqrt_batch_scale,
-                                   steepest_descent_index, warmup_ramp)
+from zerosr.automations.lr import (
+    LRController,
+    lr_range_test,
+    smoothing_window,
+    sqrt_batch_scale,
+    steepest_descent_index,
+    warmup_ramp,
+)
 from zerosr.automations.schedule import scheduled_lr
 from zerosr.errors import UserError
 

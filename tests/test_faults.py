@@ -18,12 +18,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from test_train import make_dataset, run, tiny_overrides
-from zerosr import archs
+from zerosr import archs, atomic
 from zerosr.config.compose import compose_config
 from zerosr.data import read_image, write_image
-from zerosr.preflight import check_run, preflight
-from zerosr.engine import atomic, checkpoint, loop
+from zerosr.engine import checkpoint, loop
 from zerosr.errors import UserError
+from zerosr.preflight import check_run, preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "ZEROSR_FAKE_HARDWARE": "", "PYTHONPATH": str(ROOT / "tests")}
@@ -164,7 +164,7 @@ def test_nan_gradient_with_a_finite_loss_is_skipped_then_rolled_back(data, tmp_p
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        first = next(self.model.parameters())
+        first = next(self.learner.module.parameters())
         first.register_hook(lambda grad: grad * float("nan") if self.iteration + 1 in poisoned else grad)
 
     monkeypatch.setattr(loop.Trainer, "__init__", init)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from zerosr.config.compose import compose_config
 from zerosr.config.validate import validate
 from zerosr.data import bicubic_downscale, write_image
-from zerosr.engine.loop import train
+from zerosr.engine.run import train
 from zerosr.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_ctrl_c_saves_state_and_resume_auto_finishes(data, tmp_path):
                              "train.resume=auto", f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True,
                             text=True, env=env, timeout=300)
     assert finish.returncode == 0, finish.stderr[-2000:]
-    assert f"resumed      from" in finish.stdout and f"at iteration {interrupted_at}" in finish.stdout
+    assert "resumed      from" in finish.stdout and f"at iteration {interrupted_at}" in finish.stdout
     assert (run_dir / "training_state" / f"state_{interrupted_at + 2:08d}.pt").exists()
 
 

@@ -147,10 +147,11 @@ def test_start_up_probes_leave_a_gan_discriminator_untouched(data, tmp_path):
            "{_target_:zerosr.losses.GANLoss,weight:0.05,discriminator:{_target_:zerosr.losses.UNetDiscriminatorSN,num_feat:8}}]")
     trainer = Trainer(compose_config(auto_overrides(data, **{"automation.batch.enabled": True, "train.losses": gan})),
                       tmp_path / "run")
-    before = {k: v.clone() for k, v in trainer.objective.state_dict()["discriminator"].items()}
-    model_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    search_batch_size(trainer)
-    after = trainer.objective.state_dict()["discriminator"]
+    learner = trainer.learner
+    before = {k: v.clone() for k, v in learner.objective.state_dict()["discriminator"].items()}
+    model_before = {k: v.clone() for k, v in learner.module.state_dict().items()}
+    search_batch_size(learner, trainer.cfg, trainer.stream.batch_size, 16, keep_lq_size=True)
+    after = learner.objective.state_dict()["discriminator"]
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(torch.equal(model_before[k], v) for k, v in trainer.model.state_dict().items())
+    assert all(torch.equal(model_before[k], v) for k, v in learner.module.state_dict().items())
     trainer.close()

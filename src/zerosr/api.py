@@ -1,4 +1,4 @@
-"""The Python API the seed promised: a complete training config from three arguments."""
+"""The Python API: a complete training config from three arguments."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def run(cfg: DictConfig) -> float:
         if cfg.dry_run:
             print(f"dry run: config saved to {run_dir / 'resolved_config.yaml'}; no training")
             return float("nan")
-        from zerosr.engine.loop import train
+        from zerosr.engine.run import train
 
         return train(cfg, run_dir)
     finally:

@@ -58,8 +58,7 @@ _SPELLING_HINT = "python train.py --cfg job lists every key and value"
 def config_error_line(error: BaseException) -> str:
     """One line naming a Hydra/OmegaConf config problem and its fix (Hydra prints several)."""
     from hydra.errors import MissingConfigException, OverrideParseException
-    from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
-                                  OmegaConfBaseException)
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
     key = getattr(cause, "full_key", None)

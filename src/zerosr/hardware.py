@@ -10,7 +10,7 @@ from zerosr.detect import Hardware, generation, probe, tier_for
 
 
 class HardwareDetector:
-    """The seed's API: the probe, the tier and the recommendations derived from them."""
+    """The hardware API: the probe, the tier and the recommendations derived from them."""
 
     def __init__(self, arch: str = "paragonsr2_nano"):
         from zerosr.archs.variants import VARIANTS

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 from hydra.core.utils import JobStatus
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig
+
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
 SQLITE = "sqlite:///"
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -75,7 +76,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
         self.sweeper.launcher = _NonFiniteFails(self.sweeper.launcher)
         self.sweeper._configure_trials = _fixed_first(self.sweeper._configure_trials)
 
-    def sweep(self, arguments: List[str]) -> None:
+    def sweep(self, arguments: list[str]) -> None:
         import optuna
 
         impl = self.sweeper

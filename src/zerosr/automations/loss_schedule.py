@@ -1,6 +1,6 @@
 """Dynamic loss scheduling: per-loss weight multipliers that keep the losses' progress balanced.
 
-Trend of each loss i, per step (the seed's formulas, ANCHORS.md):
+Trend of each loss i, per step:
     S <- a*L + (1-a)*S with a = 1 - e^(-1/10);  V <- m*V + (1-m)*dS;  r = (L - S) / S.
 
 The multiplier rule (designed to be stable, unlike a rule driven by per-batch noise):
@@ -16,8 +16,8 @@ The multiplier rule (designed to be stable, unlike a rule driven by per-batch no
   t_i depends on smoothed losses only and each move is bounded, so the weights cannot random-walk
   or jump. V and r are tracked and logged (`trends`: `loss_trend/<loss>/{smoothed,velocity,deviation}`
   in metrics.jsonl and TensorBoard, next to `loss_weight/<loss>`) to explain the weights; per-batch
-  V and r flip sign from one batch to the next, so they do not drive the weights (the seed's rule
-  that let them is what made its "mistake" values degrade training).
+  V and r flip sign from one batch to the next, so they do not drive the weights (driven by them, high momentum and
+  large max weights degrade training).
 - The GAN loss (and any loss with base weight 0 or a non-positive reference) keeps multiplier 1:
   an adversarial loss oscillates by design, its value says nothing about progress.
 

@@ -28,8 +28,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from zerosr.automations.base import Automation, Decision, is_finite, param
-from zerosr.bounds import clamp
 from zerosr.automations.schedule import scheduled_lr
+from zerosr.bounds import clamp
 from zerosr.errors import UserError
 
 # The LR finder may move the base LR at most this far from the preset: a noisy curve must not

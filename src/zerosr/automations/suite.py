@@ -13,8 +13,8 @@ from zerosr.automations.base import Automation, Decision, param
 from zerosr.automations.batch import BatchController
 from zerosr.automations.clip import AutoClip
 from zerosr.automations.early_stop import EarlyStopping
-from zerosr.automations.lr import LRController
 from zerosr.automations.loss_schedule import LossSchedule
+from zerosr.automations.lr import LRController
 
 
 class Automations:
@@ -46,6 +46,11 @@ class Automations:
         old_batch = self.batch.batch_size
         decisions = self.batch.on_oom(iteration)
         return decisions + self.lr.scale_for_batch(old_batch, self.batch.batch_size, iteration)
+
+    def adopt_batch(self, iteration: int, batch_size: int) -> list[Decision]:
+        """A batch size measured at start-up: the controller takes it and the LR follows."""
+        old_batch, self.batch.batch_size = self.batch.batch_size, int(batch_size)
+        return self.lr.scale_for_batch(old_batch, self.batch.batch_size, iteration)
 
     def on_nonfinite(self, iteration: int) -> list[Decision]:
         return self.lr.on_nonfinite(iteration)

@@ -13,7 +13,6 @@ from zerosr.bounds import clamp
 from zerosr.config import presets
 
 
-
 def first(*values):
     """The first value that is not null: lets a data option shorten the run without hiding the preset."""
     return next((v for v in values if v is not None), None)
@@ -115,10 +114,10 @@ def early_stop_min_iter(total_iter: int) -> int:
 
 
 def loss_schedule(key: str, arch_name: str):
-    """The seed's per-variant preset, matched on the exact variant name."""
+    """The per-variant loss-schedule preset, matched on the exact variant name."""
     return presets.loss_schedule_preset(arch_name)[key]
 
 
 def analysis_batches(total_iter: int) -> int:
-    """Batches read for dataset analysis: the seed's 50, fewer for short runs (never over 1 % of it)."""
+    """Batches read for dataset analysis: 50, fewer for short runs (never over 1 % of it)."""
     return int(clamp(total_iter // 100, 5, 50))

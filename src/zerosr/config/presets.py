@@ -1,10 +1,8 @@
 """Per-variant training presets: starting points that the tier, the run and the automations refine.
 
-The seed's anchors are nano (LR 2e-4, batch 32, 40k iterations) and xl (1e-5, batch 4, 150k).
-Measured here, nano learns far faster at a higher LR (demo data, batch 8, 48px patches, 600
-iterations: 2e-4 -> 29.0 dB at 300 iterations with 5e-4, 30.3 dB with 2e-3, bicubic 29.4 dB), so
-the small variants start at 1e-3 and step down with parameter count towards the seed's xl value;
-the LR automation lowers it on plateaus. Iterations follow the seed's 40k..150k. The network hyper-parameters themselves live in
+The LR steps down with parameter count, from 1e-3 for nano (small networks train fastest hot;
+the LR automation lowers it on plateaus) to the large variants' values; run lengths grow from 40k
+iterations (nano) to 150k (xl). The network hyper-parameters themselves live in
 `zerosr.archs.variants` (one source of truth); this table only says how to train each variant.
 """
 
@@ -24,7 +22,7 @@ _TRAINING = {
     "xl": (1e-5, 4, 150_000, 4_000, 0.9995, 1e-4),
 }
 
-# Dynamic loss scheduling presets from the seed's table (ANCHORS.md):
+# Dynamic loss scheduling per variant (larger networks: smoother trends, slower, wider moves):
 # momentum, adaptation_rate, max_weight, adaptation_threshold, baseline_iterations.
 LOSS_SCHEDULE = {
     "nano": (0.85, 0.015, 5.0, 0.04, 50),
@@ -41,7 +39,7 @@ LOSS_SCHEDULE_KEYS = ("momentum", "adaptation_rate", "max_weight", "adaptation_t
 
 
 def variant_of(arch_name: str) -> str:
-    """`paragonsr2_xs` -> `xs`. Exact suffix match: the seed's regex sent every name to nano."""
+    """`paragonsr2_xs` -> `xs`. An exact suffix match: a loose pattern would send every name to nano."""
     prefix, _, variant = arch_name.rpartition("_")
     if prefix != "paragonsr2" or variant not in VARIANT_ORDER:
         raise KeyError(f"not a ParagonSR2 variant: {arch_name!r}")

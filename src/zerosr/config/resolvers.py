@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from zerosr.config import derive
 from zerosr.detect import loader_workers, precision_for, probe
 
+
 def job_dir(num, overrides: str = "", limit: int = 120) -> str:
     """A multirun job's folder: `<num>_<overrides>`, or `<num>` alone when the overrides would make
     an unwieldy name (file names stop at 255 bytes; an Optuna trial's floats are long)."""

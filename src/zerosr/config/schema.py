@@ -6,114 +6,114 @@ Values may be `${...}` interpolations (the derived ones are); their type is chec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import MISSING
 
 
 @dataclass
 class ArchPreset:
-    lr: float = MISSING
-    batch_size: int = MISSING
-    total_iter: int = MISSING
-    warmup_iter: int = MISSING
-    ema_decay: float = MISSING
-    betas: List[float] = MISSING
-    weight_decay: float = MISSING
-    lq_size: int = MISSING
-    lq_size_min: int = MISSING
-    lq_size_max: int = MISSING
+    lr: float = MISSING  # base learning rate for this variant
+    batch_size: int = MISSING  # batch-size hint, scaled by the tier
+    total_iter: int = MISSING  # default run length
+    warmup_iter: int = MISSING  # linear LR warm-up iterations
+    ema_decay: float = MISSING  # decay of the weights' moving average (the validated model)
+    betas: list[float] = MISSING  # AdamW betas
+    weight_decay: float = MISSING  # AdamW weight decay
+    lq_size: int = MISSING  # preferred LR patch side, in pixels
+    lq_size_min: int = MISSING  # smallest patch side the batch search may pick
+    lq_size_max: int = MISSING  # largest patch side the batch search may pick
 
 
 @dataclass
 class ArchConfig:
-    name: str = MISSING
-    params: Dict[str, Any] = field(default_factory=dict)
-    preset: ArchPreset = field(default_factory=ArchPreset)
+    name: str = MISSING  # registered architecture, e.g. paragonsr2_nano
+    params: dict[str, Any] = field(default_factory=dict)  # the network's hyper-parameters
+    preset: ArchPreset = field(default_factory=ArchPreset)  # how to train it
 
 
 @dataclass
 class HardwareTierConfig:
-    name: str = MISSING
-    target_vram_usage: Optional[float] = None  # fraction of VRAM the batch search aims at (GPU tiers)
+    name: str = MISSING  # cpu | budget | mid_range | high_end | workstation
+    target_vram_usage: float | None = None  # fraction of VRAM the batch search aims at (GPU tiers)
     safety_margin: float = 0.1  # fraction of VRAM kept free on top of the target
     ram_budget_fraction: float = 0.5  # cpu tier: share of available RAM a batch may use
-    max_batch_size: int = 16
+    max_batch_size: int = 16  # ceiling for the batch size on this tier
     batch_scale: float = 1.0  # multiplies the arch preset's batch-size hint
-    max_lq_size: int = 128
+    max_lq_size: int = 128  # ceiling for the LR patch side on this tier
     precision: str = "fp32"  # bf16 | fp16 | fp32
-    compile: bool = False
-    channels_last: bool = False
-    num_workers: int = 1
-    pin_memory: bool = False
-    prefetch_factor: int = 2
+    compile: bool = False  # torch.compile the generator (CUDA only)
+    channels_last: bool = False  # NHWC memory format (CUDA only)
+    num_workers: int = 1  # data-loader worker processes
+    pin_memory: bool = False  # page-locked batches for faster host-to-GPU copies
+    prefetch_factor: int = 2  # batches each worker loads ahead
     patience_scale: float = 1.0  # slower, steadier tiers wait longer before an LR change
     adjust_scale: float = 1.0  # how often memory is re-checked, relative to run length
 
 
 @dataclass
 class LRAutomation:
-    enabled: bool = True
+    enabled: bool = True  # false: the fixed warm-up + cosine schedule
     find: bool = False  # LR range test at start
-    plateau_patience: int = MISSING
-    reduce_factor: float = 0.5
+    plateau_patience: int = MISSING  # iterations without improvement before the LR drops
+    reduce_factor: float = 0.5  # what a plateau or blow-up multiplies the LR factor by
     improvement_threshold: float = 1e-3  # relative improvement of the smoothed loss that counts
     blowup_factor: float = 2.0  # smoothed loss this many times its best = a blow-up
-    cooldown: int = MISSING
-    min_lr_factor: float = MISSING
-    max_lr_factor: float = MISSING
+    cooldown: int = MISSING  # iterations left alone after a blow-up cut
+    min_lr_factor: float = MISSING  # the LR never goes below this times the base
+    max_lr_factor: float = MISSING  # ... nor above this times the base
 
 
 @dataclass
 class BatchAutomation:
-    enabled: bool = True
-    target_vram_usage: Optional[float] = None
-    safety_margin: float = MISSING
-    ram_budget_fraction: float = MISSING
-    adjust_every: int = MISSING
-    min_batch_size: int = 1
-    max_batch_size: int = MISSING
+    enabled: bool = True  # false: the batch stays as configured (out-of-memory still halves it)
+    target_vram_usage: float | None = None  # fraction of VRAM the search and the watch aim at
+    safety_margin: float = MISSING  # fraction of VRAM kept free on top of the target
+    ram_budget_fraction: float = MISSING  # cpu: share of available RAM a batch may use
+    adjust_every: int = MISSING  # iterations between memory checks
+    min_batch_size: int = 1  # never below this
+    max_batch_size: int = MISSING  # never above this
 
 
 @dataclass
 class ClipAutomation:
-    enabled: bool = True
-    percentile: float = MISSING
-    history: int = MISSING
-    min_clip: float = 1e-3
-    max_clip: float = 100.0
+    enabled: bool = True  # false: no gradient clipping
+    percentile: float = MISSING  # clip at this percentile of recent gradient norms
+    history: int = MISSING  # how many recent norms count
+    min_clip: float = 1e-3  # the threshold never goes below this
+    max_clip: float = 100.0  # ... nor above this (also its value until the history fills)
 
 
 @dataclass
 class EarlyStopAutomation:
-    enabled: bool = True
+    enabled: bool = True  # false: always run total_iter
     patience: int = MISSING  # iterations without a better validation PSNR
-    min_delta: float = 0.01  # dB
-    min_iter: int = MISSING
+    min_delta: float = 0.01  # dB a validation must gain to count as better
+    min_iter: int = MISSING  # never stop before this iteration
 
 
 @dataclass
 class LossScheduleAutomation:
-    enabled: bool = True
-    auto_calibrate: bool = True
-    momentum: float = MISSING
-    adaptation_rate: float = MISSING
-    max_weight: float = MISSING
-    min_weight: float = 1e-6
-    adaptation_threshold: float = MISSING
-    baseline_iterations: int = MISSING
+    enabled: bool = True  # false: the loss weights stay as configured
+    auto_calibrate: bool = True  # adjust the preset for run length, data, GAN and phase
+    momentum: float = MISSING  # smoothing of each loss's velocity (logged trend)
+    adaptation_rate: float = MISSING  # largest move of a weight multiplier per step (log space)
+    max_weight: float = MISSING  # multiplier ceiling
+    min_weight: float = 1e-6  # multiplier floor
+    adaptation_threshold: float = MISSING  # dead band: smaller gaps to the balanced value do nothing
+    baseline_iterations: int = MISSING  # steps before each loss's reference is taken
 
 
 @dataclass
 class DatasetAnalysisAutomation:
-    enabled: bool = True
-    batches: int = MISSING
+    enabled: bool = True  # false: the loss schedule is not calibrated from the data
+    batches: int = MISSING  # training batches analysed at start-up
 
 
 @dataclass
 class AutomationConfig:
-    name: str = MISSING
-    enabled: bool = True
+    name: str = MISSING  # auto | off
+    enabled: bool = True  # master switch: false turns every automation off
     lr: LRAutomation = field(default_factory=LRAutomation)
     batch: BatchAutomation = field(default_factory=BatchAutomation)
     clip: ClipAutomation = field(default_factory=ClipAutomation)
@@ -124,55 +124,55 @@ class AutomationConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING
-    gt_path: Optional[str] = None
-    lq_path: Optional[str] = None  # omitted: LR made from HR by bicubic downscaling
-    val_gt_path: Optional[str] = None
-    val_lq_path: Optional[str] = None
+    name: str = MISSING  # demo | paired
+    gt_path: str | None = None  # folder of HR images
+    lq_path: str | None = None  # omitted: LR made from HR by bicubic downscaling
+    val_gt_path: str | None = None  # folder of validation HR images (else pairs are held out)
+    val_lq_path: str | None = None  # their LR images (omitted: bicubic downscaling)
     n_val: int = 4  # pairs held out for validation when no val folders are given
-    run_iter: Optional[int] = None  # a dataset may ask for a shorter run than the arch preset
+    run_iter: int | None = None  # a dataset may ask for a shorter run than the arch preset
     cache: bool = True  # keep decoded images in RAM
 
 
 @dataclass
 class TrainConfig:
-    total_iter: int = MISSING
-    lr: float = MISSING
+    total_iter: int = MISSING  # iterations (optimizer steps) in the run
+    lr: float = MISSING  # base learning rate
     lr_scale: float = 1.0  # multiplies train.lr wherever it is used (what an Optuna sweep tunes)
-    batch_size: int = MISSING
-    lq_size: int = MISSING
-    warmup_iter: int = MISSING
-    val_freq: int = MISSING
-    save_freq: int = MISSING
-    log_freq: int = MISSING
-    seed: int = 0
-    deterministic: bool = False
-    resume: Optional[str] = None  # auto | PATH | null
-    pretrain: Optional[str] = None
-    ema_decay: float = MISSING
-    grad_accum: int = 1
-    max_minutes: Optional[float] = None  # wall-clock budget: stop (validate, save) when it is spent
-    keep_checkpoints: int = 3
+    batch_size: int = MISSING  # samples per step and rank
+    lq_size: int = MISSING  # LR patch side, in pixels
+    warmup_iter: int = MISSING  # linear LR warm-up iterations
+    val_freq: int = MISSING  # iterations between validations
+    save_freq: int = MISSING  # iterations between checkpoints
+    log_freq: int = MISSING  # iterations between metrics lines
+    seed: int = 0  # seeds the weights, the data order and the augmentations
+    deterministic: bool = False  # bit-exact runs on CPU (deterministic kernels on CUDA)
+    resume: str | None = None  # auto | PATH | null
+    pretrain: str | None = None  # weights to start from (safetensors or traiNNer .pth)
+    ema_decay: float = MISSING  # decay of the weights' moving average (the validated model)
+    grad_accum: int = 1  # batches accumulated into one step
+    max_minutes: float | None = None  # wall-clock budget: stop (validate, save) when it is spent
+    keep_checkpoints: int = 3  # newest checkpoints kept of each kind
     val_tile: int = 256  # LR pixels; larger validation images are run in tiles
-    optimizer: Dict[str, Any] = field(default_factory=dict)
-    losses: List[Any] = field(default_factory=list)
+    optimizer: dict[str, Any] = field(default_factory=dict)  # {_target_: ..., lr: ..., ...}
+    losses: list[Any] = field(default_factory=list)  # [{_target_: ..., weight: W, ...}, ...]
 
 
 @dataclass
 class DebugConfig:
-    inject_oom_at: List[int] = field(default_factory=list)
-    inject_nan_at: List[int] = field(default_factory=list)
-    kill_at: List[str] = field(default_factory=list)  # POINT:ITER, see zerosr.engine.killpoints
+    inject_oom_at: list[int] = field(default_factory=list)  # iterations that raise a real out-of-memory error
+    inject_nan_at: list[int] = field(default_factory=list)  # iterations whose loss is made NaN
+    kill_at: list[str] = field(default_factory=list)  # POINT:ITER, see zerosr.engine.killpoints
 
 
 @dataclass
 class ZeroSRConfig:
-    name: str = MISSING
-    scale: int = 2
+    name: str = MISSING  # run name: outputs/<name>/<time>
+    scale: int = 2  # upscaling factor: 2, 3, 4 or 8
     dry_run: bool = False  # compose, validate, record and explain the run, then stop before training
-    arch: ArchConfig = MISSING
-    hardware_tier: HardwareTierConfig = MISSING
-    automation: AutomationConfig = MISSING
-    data: DataConfig = MISSING
-    train: TrainConfig = field(default_factory=TrainConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
+    arch: ArchConfig = MISSING  # the network and its training preset
+    hardware_tier: HardwareTierConfig = MISSING  # what the hardware decides
+    automation: AutomationConfig = MISSING  # the adaptive controllers
+    data: DataConfig = MISSING  # the images
+    train: TrainConfig = field(default_factory=TrainConfig)  # the run
+    debug: DebugConfig = field(default_factory=DebugConfig)  # fault injection for tests and demos

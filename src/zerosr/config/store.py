@@ -2,8 +2,8 @@
 
 `register()` runs before `@hydra.main` (see train.py) and before any Compose-API call. The
 `hardware_tier/auto` option is stored here with the detected tier as its only default: the Hydra
-way to pick a group option from code (a resolver inside a defaults list is unsupported, see
-DESIGN.md), and `hardware_tier=<name>` on the command line still replaces it.
+way to pick a group option from code (Hydra does not resolve interpolations inside a defaults
+list), and `hardware_tier=<name>` on the command line still replaces it.
 """
 
 from __future__ import annotations

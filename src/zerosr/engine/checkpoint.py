@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-import os
 import pickle
 import random
 import re

@@ -18,8 +18,15 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from zerosr.data import (PairedImageDataset, PairedPatchDataset, ensure_demo_dataset, list_images,
-                         pair_images, seed_worker, split_validation)
+from zerosr.data import (
+    PairedImageDataset,
+    PairedPatchDataset,
+    ensure_demo_dataset,
+    list_images,
+    pair_images,
+    seed_worker,
+    split_validation,
+)
 from zerosr.errors import UserError
 
 

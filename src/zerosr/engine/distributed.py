@@ -15,7 +15,6 @@ iteration and the ranks' collective calls always line up.
 from __future__ import annotations
 
 import datetime
-
 import logging
 import os
 import shutil
@@ -163,16 +162,41 @@ def any_rank(flag: bool) -> bool:
     return _all_reduce([1.0 if flag else 0.0], "max")[0] > 0
 
 
+def combine_step(means, maxes: list[float], flags: list[bool]) -> tuple[list[float], list[float], list[bool]]:
+    """A step's numbers, read back in one go: the mean over ranks of `means` (a 1-D tensor on the
+    device), the max of `maxes`, and whether any rank raised each of `flags`. One collective under
+    torchrun; outside it, the step's one host sync."""
+    if not is_distributed():
+        return means.tolist(), list(maxes), [bool(flag) for flag in flags]
+    import torch
+    import torch.distributed as dist
+
+    extra = torch.tensor([*maxes, *map(float, flags)], dtype=torch.float64, device=means.device)
+    vector = torch.cat([means.to(torch.float64), extra])
+    gathered = [torch.empty_like(vector) for _ in range(world_size())]
+    dist.all_gather(gathered, vector)
+    table = torch.stack(gathered).cpu()
+    n, m = means.numel(), len(maxes)
+    return (table[:, :n].mean(0).tolist(), table[:, n:n + m].amax(0).tolist(),
+            (table[:, n + m:] > 0).any(0).tolist())
+
+
 def average_gradients(module) -> None:
-    """Replace each gradient of `module` by its mean over ranks (for modules outside DDP)."""
+    """Replace each gradient of `module` by its mean over ranks (for modules outside DDP), in one
+    all-reduce of all of them flattened together."""
     if not is_distributed():
         return
     import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-    for param in module.parameters():
-        if param.grad is not None:
-            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
-            param.grad.div_(world_size())
+    grads = [param.grad for param in module.parameters() if param.grad is not None]
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(world_size())
+    for grad, mean in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        grad.copy_(mean)
 
 
 class RankZeroFailed(RuntimeError):

@@ -42,6 +42,7 @@ class ModelEMA:
         self.updates = 0
         self.module = copy.deepcopy(unwrap_model(model)).float().eval()
         self.module.requires_grad_(False)
+        self._listed: tuple[nn.Module, tuple] | None = None
 
     def current_decay(self) -> float:
         """The decay the next update() will use."""
@@ -55,13 +56,7 @@ class ModelEMA:
         live = unwrap_model(model)
         decay = self.current_decay()
         self.updates += 1
-
-        shadow_params = list(self.module.parameters())
-        live_params = list(live.parameters())
-        if len(shadow_params) != len(live_params):
-            raise ValueError(
-                f"EMA shadow has {len(shadow_params)} parameters but the model has {len(live_params)}"
-            )
+        shadow_params, live_params, shadow_buffers, live_buffers = self._tensors(live)
         # lerp needs matching dtype/device; cast only the tensors that differ (e.g. bf16 models).
         live_params = [
             src if (src.dtype == dst.dtype and src.device == dst.device) else src.to(dst.device, dst.dtype)
@@ -69,9 +64,20 @@ class ModelEMA:
         ]
         if shadow_params:
             torch._foreach_lerp_(shadow_params, live_params, 1.0 - decay)
-
-        for dst, src in zip(self.module.buffers(), live.buffers()):
+        for dst, src in zip(shadow_buffers, live_buffers):
             dst.copy_(src)
+
+    def _tensors(self, live: nn.Module) -> tuple[list, list, list, list]:
+        """The shadow's and the live model's parameters and buffers, listed once per live model
+        (walking the module tree on every step costs more than the averaging of a small network)."""
+        if self._listed is None or self._listed[0] is not live:
+            shadow_params, live_params = list(self.module.parameters()), list(live.parameters())
+            if len(shadow_params) != len(live_params):
+                raise ValueError(
+                    f"EMA shadow has {len(shadow_params)} parameters but the model has {len(live_params)}"
+                )
+            self._listed = (live, (shadow_params, live_params, list(self.module.buffers()), list(live.buffers())))
+        return self._listed[1]
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates}

@@ -52,18 +52,18 @@ class Objective:
         total = sum(self.weights[name] * value for name, value in parts.items())
         return total, parts
 
-    def discriminator_step(self, sr: torch.Tensor, gt: torch.Tensor, autocast, scaler) -> float:
-        """One discriminator update on real HR and the generator's detached output."""
+    def discriminator_backward(self, sr: torch.Tensor, gt: torch.Tensor, autocast, scaler) -> torch.Tensor:
+        """The discriminator's loss on real HR and the generator's detached output, backpropagated
+        into its gradients (averaged over ranks under torchrun); the learner steps its optimizer
+        with the generator's. Returns the loss, detached, on the device."""
         gan = self.gan
         gan.discriminator.requires_grad_(True)
         with autocast():
             loss = gan.loss.discriminator_loss(gan.discriminator(gt), gan.discriminator(sr.detach()))
         scaler.scale(loss).backward()
+        gan.discriminator.requires_grad_(False)  # the generator's backward must not fill its gradients
         distributed.average_gradients(gan.discriminator)  # torchrun: the discriminator is not in DDP
-        scaler.step(gan.optimizer)  # the caller runs scaler.update() once both optimizers stepped
-        gan.optimizer.zero_grad(set_to_none=True)
-        gan.discriminator.requires_grad_(False)
-        return distributed.all_reduce_mean([float(loss.detach())])[0]
+        return loss.detach()
 
     def state_dict(self) -> dict:
         state = {"weights": dict(self.weights)}

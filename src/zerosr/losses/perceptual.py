@@ -140,7 +140,7 @@ class PerceptualLoss(nn.Module):
         self.vgg = VGG19Features(last_layer=max(self.layer_weights, key=names.index))
         self.vgg.load_weights(weights_path)
 
-    def train(self, mode: bool = True) -> "PerceptualLoss":
+    def train(self, mode: bool = True) -> PerceptualLoss:
         super().train(mode)
         self.vgg.eval()  # the feature extractor is frozen whatever the engine's mode
         return self

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from zerosr.data.io import encode_image, to_float32
 from zerosr.atomic import atomic_write_bytes
+from zerosr.data.io import encode_image, to_float32
 from zerosr.metrics import tensor_to_uint8
 
 _GAP = 4  # white pixels between panels

@@ -1,0 +1,253 @@
+"""The networks being trained and everything that steps them.
+
+`Learner` owns the generator and the forward it runs through (DDP and `torch.compile` wrap it),
+its EMA, the optimizer, the precision (autocast and GradScaler) and the objective (losses, their
+weights, a GAN's discriminator and its optimizer). Those five stateful parts are listed once, in
+`parts()`, which serves the checkpoint, the rollback and the start-up probes alike.
+
+One training step is `forward_backward` (every chunk of the step's samples, retried at a smaller
+chunk size after an out-of-memory error), `clip`, then `apply` or `discard` once the caller has
+read the step's numbers back and judged them. Everything stays on the device until that one
+readback: the per-chunk losses are summed as tensors, and the gradient norm is a tensor too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from zerosr import archs
+from zerosr.engine import distributed
+from zerosr.engine.ema import ModelEMA
+from zerosr.engine.objective import build_objective
+from zerosr.engine.precision import make_precision
+from zerosr.errors import UserError
+
+
+@dataclass
+class StepTensors:
+    """What one step computed, still on the device: the weighted total, the unweighted parts,
+    the gradient norm before clipping and (with a GAN) the discriminator's loss."""
+
+    total: torch.Tensor
+    parts: dict[str, torch.Tensor]
+    samples: int
+    norm: torch.Tensor | None = None
+    discriminator: torch.Tensor | None = None
+
+
+def build_optimizer(spec: DictConfig, params) -> torch.optim.Optimizer:
+    try:
+        return instantiate(spec, params=params)
+    except InstantiationException as error:
+        cause = str(error.__cause__ or error).splitlines()[0]
+        raise UserError(f"train.optimizer could not be built ({cause}); for another optimizer replace the "
+                        "whole node, e.g. 'train.optimizer={_target_: torch.optim.SGD, lr: ${train.lr}, "
+                        "momentum: 0.9}'") from None
+
+
+def load_pretrain(model: torch.nn.Module, path: str, arch_name: str, scale: int) -> None:
+    state, _ = archs.load_state_dict_file(path)
+    found = archs.identify(state)
+    wanted = (arch_name, int(scale))
+    if found is not None and tuple(found) != wanted:
+        raise UserError(f"train.pretrain={path} holds {found[0]} x{found[1]}, but this run is "
+                        f"{wanted[0]} x{wanted[1]}: pick matching weights or set arch/scale to match")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise UserError(f"train.pretrain={path} does not fit {wanted[0]} x{wanted[1]}: "
+                        f"{str(error).splitlines()[0]}") from None
+
+
+class Learner:
+    def __init__(self, cfg: DictConfig, device: torch.device):
+        train, tier = cfg.train, cfg.hardware_tier
+        self.device = device
+        self.precision = make_precision(tier.precision, device)
+        self.channels_last = bool(tier.channels_last) and device.type == "cuda"
+        module = archs.build(cfg.arch.name, cfg.scale, **cfg.arch.params).to(device)
+        if train.pretrain:
+            load_pretrain(module, train.pretrain, cfg.arch.name, cfg.scale)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module  # the plain generator: what is saved, averaged and probed
+        self.ema = ModelEMA(module, train.ema_decay)
+        self.optimizer = build_optimizer(train.optimizer, module.parameters())
+        self.objective = build_objective(train.losses, device, train.lr * train.lr_scale)
+        # torchrun: DistributedDataParallel. `sync` marks steps whose collectives every rank joins.
+        self.model = distributed.wrap(module, device)
+        self.sync = distributed.is_distributed()
+        self.forward = torch.compile(self.model) if tier.compile and device.type == "cuda" else self.model
+        self._for_discriminator: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # --- state: one list of parts for checkpoints, rollbacks and probes -------------------------
+    def parts(self) -> dict:
+        return {"model": self.module, "ema": self.ema, "optimizer": self.optimizer,
+                "scaler": self.precision.scaler, "objective": self.objective}
+
+    def state_dict(self) -> dict:
+        return {name: part.state_dict() for name, part in self.parts().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, part in self.parts().items():
+            part.load_state_dict(state[name])
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def snapshot(self) -> dict:
+        """An in-memory copy of every part (a rollback target before the first checkpoint)."""
+        return copy.deepcopy(self.state_dict())
+
+    @contextlib.contextmanager
+    def probing(self):
+        """Steps inside run on this rank alone and leave no trace: every part and torch's RNG are
+        put back afterwards, so the run starts from the same weights whatever was measured."""
+        saved, rng = self.snapshot(), torch.get_rng_state()
+        forward, sync = self.forward, self.sync
+        self.forward, self.sync = self.module, False
+        try:
+            yield self
+        finally:
+            self.forward, self.sync = forward, sync
+            self.load_state_dict(saved)
+            torch.set_rng_state(rng)
+            self.free_memory()
+
+    # --- what the automations set --------------------------------------------------------------
+    def set_lr(self, lr: float, schedule_ratio: float = 1.0) -> None:
+        """The generator's LR; a GAN's discriminator moves with it (its own base x `schedule_ratio`)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        gan = self.objective.gan
+        if gan is not None:
+            for group in gan.optimizer.param_groups:
+                group["lr"] = gan.base_lr * schedule_ratio
+
+    def set_loss_weights(self, weights: dict[str, float]) -> None:
+        self.objective.weights.update(weights)
+
+    # --- one step ------------------------------------------------------------------------------
+    def forward_backward(self, lq: torch.Tensor, gt: torch.Tensor, chunk_size: int,
+                         on_oom: Callable[[], int], poison: bool = False,
+                         inject_oom: bool = False) -> StepTensors:
+        """Loss and gradients of all the step's samples, `chunk_size` at a time. After an
+        out-of-memory error `on_oom()` gives the smaller chunk size and the same samples go again."""
+        while True:
+            try:
+                return self._accumulate(lq, gt, chunk_size, poison, inject_oom)
+            except torch.OutOfMemoryError:
+                pass  # leave the except block first: its traceback keeps the failed graph alive
+            inject_oom = False  # an injected failure happens once, so the retry goes through
+            self.discard()
+            self.free_memory()
+            chunk_size = on_oom()
+
+    def _accumulate(self, lq, gt, chunk_size, poison, inject_oom) -> StepTensors:
+        samples = lq.shape[0]
+        starts = list(range(0, samples, chunk_size))
+        total, parts, failed = None, {}, None
+        for index, start in enumerate(starts):
+            last = index == len(starts) - 1
+            share = min(chunk_size, samples - start) / samples
+            # Under DDP only the last chunk's backward all-reduces the gradients.
+            quiet = self.model.no_sync() if self.sync and not last else contextlib.nullcontext()
+            with quiet:
+                failed, result = self._chunk(lq[start:start + chunk_size], gt[start:start + chunk_size],
+                                             share, last, poison, failed)
+            if failed is not None:
+                continue  # under DDP: on to the last chunk, where the ranks learn of it together
+            if inject_oom and index == 0:
+                raise torch.OutOfMemoryError("debug.inject_oom_at: injected out-of-memory")
+            chunk_total, chunk_parts = result
+            total = chunk_total * share if total is None else total + chunk_total * share
+            for name, value in chunk_parts.items():
+                parts[name] = value * share if name not in parts else parts[name] + value * share
+        return StepTensors(total=total, parts=parts, samples=samples)
+
+    def _chunk(self, lq, gt, share, last, poison, failed):
+        """Forward and backward of one chunk. Returns (None, (total, parts)), or under DDP
+        (message, None) for an out-of-memory error on a chunk before the last."""
+        oom = failed
+        if oom is None:
+            try:
+                lq, gt = lq.to(self.device, non_blocking=True), gt.to(self.device, non_blocking=True)
+                if self.channels_last:
+                    lq = lq.contiguous(memory_format=torch.channels_last)
+                with self.precision.autocast():
+                    sr = self.forward(lq)
+                    total, parts = self.objective.generator_loss(sr.float(), gt)
+            except torch.OutOfMemoryError as error:
+                oom = str(error)
+        if self.sync and not last and oom is not None:
+            return oom, None
+        # The last backward all-reduces gradients under DDP, so every rank enters it or none: an
+        # out-of-memory error on any rank makes every rank retry at a smaller chunk size.
+        if self.sync and distributed.any_rank(oom is not None):
+            oom = oom or "out of memory on another rank"
+        if oom is not None:
+            raise torch.OutOfMemoryError(oom)
+        if poison:  # debug.inject_nan_at: a loss that really is non-finite, through the real path
+            total = total * float("nan")
+        try:
+            self.precision.scaler.scale(total * share).backward()
+        except torch.OutOfMemoryError:
+            if not self.sync:
+                raise
+            # The other ranks wait inside this backward's all-reduce: no retry can line up with them.
+            raise UserError(f"out of memory in the backward pass on rank {distributed.rank()}: under "
+                            "torchrun this ends the run; resume with train.resume=auto and a smaller "
+                            "train.batch_size or train.lq_size") from None
+        if self.objective.gan is not None and last:
+            self._for_discriminator = (sr.detach(), gt)
+        return None, (total.detach(), {name: value.detach() for name, value in parts.items()})
+
+    def clip(self, step: StepTensors, threshold: float) -> None:
+        """Unscale, then clip the gradient norm to `threshold`; the norm before clipping goes into
+        `step.norm` (a tensor: no host sync). With a GAN the discriminator's gradients are computed
+        here too, so that its loss is read back with the rest."""
+        self.precision.scaler.unscale_(self.optimizer)
+        step.norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), threshold)
+        if self._for_discriminator is not None:
+            step.discriminator = self.objective.discriminator_backward(
+                *self._for_discriminator, self.precision.autocast, self.precision.scaler)
+            self._for_discriminator = None
+
+    def apply(self) -> None:
+        """Take the step (both optimizers), update the EMA."""
+        scaler = self.precision.scaler
+        scaler.step(self.optimizer)
+        if self.objective.gan is not None:
+            scaler.step(self.objective.gan.optimizer)
+        scaler.update()  # once per iteration, after every optimizer stepped
+        self.discard()
+        self.ema.update(self.module)
+
+    def discard(self) -> None:
+        """Drop the step's gradients (a skipped step, or one that failed part-way)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.objective.gan is not None:
+            self.objective.gan.optimizer.zero_grad(set_to_none=True)
+        self._for_discriminator = None
+
+    def free_memory(self) -> None:
+        if self.device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)  # a failed size's peak must not judge the next
+
+    def train_on(self, lq: torch.Tensor, gt: torch.Tensor, lr: float) -> float:
+        """One whole plain iteration on given tensors at `lr` (the start-up probes); returns the loss."""
+        self.set_lr(lr)
+        step = self._accumulate(lq, gt, lq.shape[0], poison=False, inject_oom=False)
+        self.clip(step, float("inf"))
+        loss = float(step.total)
+        self.apply()
+        return loss

@@ -1,0 +1,144 @@
+"""The whole training run, top to bottom: build, resume or measure, loop, summarise.
+
+`train(cfg, run_dir)` returns the best validation PSNR (what a sweeper maximises).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from zerosr.config.resolved import resolved_dict
+from zerosr.config.user_set import user_set_keys
+from zerosr.engine import distributed
+from zerosr.engine.killpoints import kill_point
+from zerosr.engine.loop import Trainer
+from zerosr.engine.startup import analyse_dataset, find_lr, search_batch_size
+from zerosr.report.plots import write_plots
+from zerosr.report.progress import Progress
+from zerosr.report.summary import summary
+
+
+def _catch_ctrl_c(trainer: Trainer):
+    """First Ctrl+C: finish the current iteration, save, stop (so the saved data position and
+    weights agree). Second Ctrl+C: stop now. Returns the previous handler (None off the main thread)."""
+
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        if trainer.progress is not None:
+            trainer.progress.write("Ctrl+C: finishing this iteration, then saving (Ctrl+C again to stop now)")
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, handler)
+
+
+def start_up(trainer: Trainer) -> None:
+    """Fresh runs only: measure the batch size, analyse the data, optionally find the LR. Under
+    torchrun rank 0 measures on its own and every rank adopts what it found."""
+    suite, cfg, learner = trainer.suite, trainer.cfg, trainer.learner
+    if distributed.is_main():
+        user_set = user_set_keys("train")
+        if suite.batch.enabled and "batch_size" not in user_set:
+            batch, lq, decision = search_batch_size(learner, cfg, trainer.stream.batch_size,
+                                                    int(trainer.data.train.lq_size), "lq_size" in user_set)
+            trainer.record([decision] + suite.adopt_batch(0, batch))
+            trainer.apply_batch(batch, lq)
+        scores = None
+        if suite.analyse_batches:
+            scores = analyse_dataset(trainer.data.train, trainer.stream.batch_size, cfg.train.seed,
+                                     suite.analyse_batches)
+            trainer.logger.log_validation(0, {f"data/{k}": v for k, v in scores.items()})
+            print("analysis     " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in scores.items()), flush=True)
+        trainer.record(suite.loss_schedule.calibrate(scores))
+        if suite.lr.enabled and cfg.automation.lr.find:
+            trainer.record(find_lr(learner, trainer.data.train, trainer.stream.batch_size, cfg.train.seed, suite.lr))
+    if trainer.sync:
+        shared = distributed.on_main(lambda: {"automations": suite.state_dict(), "batch_size": trainer.stream.batch_size,
+                                              "lq_size": int(trainer.data.train.lq_size)})
+        if not distributed.is_main():
+            suite.load_state_dict(shared["automations"])
+            trainer.apply_batch(shared["batch_size"], shared["lq_size"])
+
+
+def resolved_once(cfg: DictConfig) -> DictConfig:
+    """The config with every `${...}` replaced by its value: reading a derived key then costs a
+    dictionary lookup, not a resolver call."""
+    return OmegaConf.create(resolved_dict(cfg))
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    started = time.perf_counter()
+    cfg = resolved_once(cfg)
+    trainer = Trainer(cfg, run_dir)
+    print(f"data         {trainer.data.description}", flush=True)
+    resumed = trainer.resume_if_asked()
+    if resumed is not None:
+        print(f"resumed      from {resumed} at iteration {trainer.iteration}", flush=True)
+    else:
+        start_up(trainer)
+    train_cfg = cfg.train
+    total, log_freq = int(train_cfg.total_iter), int(train_cfg.log_freq)
+    val_freq, save_freq = int(train_cfg.val_freq), int(train_cfg.save_freq)
+    progress = trainer.progress = Progress(total, start=trainer.iteration)
+    interrupted = False
+    # train.max_minutes: a wall-clock budget for this process (start-up included); the run then
+    # ends as if it had reached total_iter: validated, saved, summarised.
+    trainer.deadline = None if train_cfg.max_minutes is None else started + 60 * train_cfg.max_minutes
+    loop_started, first_iteration = time.perf_counter(), trainer.iteration
+    window_start, window_iters = loop_started, 0
+    notes: list[str] = []
+    previous_handler = _catch_ctrl_c(trainer)
+    try:
+        try:
+            while trainer.iteration < total and not trainer.stopped_early and not trainer.time_up:
+                stats = trainer.step()
+                it = trainer.iteration
+                kill_point("step", it)  # debug.kill_at (a no-op unless armed)
+                last = it == total or trainer.time_up
+                window_iters += 1
+                progress.update(it, stats["loss"], stats["lr"], int(stats["batch_size"]))
+                if it % log_freq == 0 or last:
+                    now = time.perf_counter()
+                    stats["it_per_s"] = window_iters / max(now - window_start, 1e-9)
+                    window_start, window_iters = now, 0
+                    trainer.log_step(it, stats)
+                if it % val_freq == 0 or last:
+                    metrics = trainer.validate()
+                    progress.write(f"iter {it}: val PSNR {metrics['val/psnr']:.2f} dB, SSIM {metrics['val/ssim']:.4f} "
+                                   f"(bicubic {metrics['val/bicubic_psnr']:.2f} dB)")
+                if trainer.stop_agreed:  # Ctrl+C on any rank, agreed at this step
+                    interrupted = True
+                    progress.write(f"interrupted at iteration {it}: saving the training state")
+                    trainer.save()
+                    break
+                if it % save_freq == 0 or last or trainer.stopped_early:
+                    trainer.save()
+        except KeyboardInterrupt:  # a second Ctrl+C: stop at once, the last checkpoint stays as it is
+            interrupted = True
+            progress.write(f"stopped at iteration {trainer.iteration} without saving; the last checkpoint is intact")
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+            progress.close()
+            trainer.progress = None
+        loop_seconds, loop_iterations = time.perf_counter() - loop_started, trainer.iteration - first_iteration
+        if loop_iterations:
+            trainer.logger.log_validation(trainer.iteration, {"loop/seconds": loop_seconds,
+                                                              "loop/iterations": loop_iterations})
+            notes.append(f"loop         {loop_iterations} iterations in {loop_seconds:.1f} s "
+                         f"({1000 * loop_seconds / loop_iterations:.1f} ms each, validation and saving included)")
+        if not trainer.last_val and not interrupted:
+            trainer.validate()  # resumed a finished run: still report its quality
+    finally:
+        trainer.close()
+    if distributed.is_main():
+        write_plots(run_dir)
+    print(summary(trainer.outcome(time.perf_counter() - started, interrupted, notes)), flush=True)
+    return float(trainer.best["psnr"])

@@ -1,0 +1,120 @@
+"""Each automation's decision, read where training uses it: the optimizer's param groups as it
+steps, the gradients it steps with, the total loss that is backpropagated, the batch tensors the
+model sees, the number of optimizer steps. A decision that is only logged fails these tests."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from test_train import make_dataset
+from test_train_automations import auto_overrides
+from zerosr.config.compose import compose_config
+from zerosr.engine import loop
+from zerosr.engine.loop import Trainer
+from zerosr.engine.run import train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def make_trainer(data, tmp_path):
+    made = []
+
+    def make(**overrides) -> Trainer:
+        trainer = Trainer(compose_config(auto_overrides(data, **overrides)), tmp_path / f"run{len(made)}")
+        made.append(trainer)
+        return trainer
+
+    yield make
+    for trainer in made:
+        trainer.close()
+
+
+def on_optimizer_step(trainer: Trainer, record) -> None:
+    trainer.learner.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: record(optimizer))
+
+
+def test_the_lr_decision_is_the_lr_the_optimizer_steps_with(make_trainer):
+    # No relative gain reaches 100 %: once the loss smoothing has its 20 steps, the factor halves
+    # every 4 steps.
+    trainer = make_trainer(**{"automation.lr.plateau_patience": 4, "automation.lr.improvement_threshold": 1.0,
+                              "train.warmup_iter": 0, "train.total_iter": 40})
+    used, wanted = [], []
+    on_optimizer_step(trainer, lambda optimizer: used.append(optimizer.param_groups[0]["lr"]))
+    for _ in range(30):
+        wanted.append(trainer.suite.lr.lr_at(trainer.iteration + 1))
+        trainer.step()
+    assert trainer.suite.lr.factor < 1.0  # the controller did cut
+    assert used == pytest.approx(wanted, rel=1e-12)
+    assert min(used) < max(used)
+
+
+def test_the_clip_threshold_bounds_the_gradient_that_steps(make_trainer):
+    # A low percentile over a short history: most steps are clipped once the history fills.
+    trainer = make_trainer(**{"automation.clip.history": 4, "automation.clip.percentile": 10.0,
+                              "automation.early_stop.enabled": False, "train.total_iter": 12})
+    params = list(trainer.learner.module.parameters())
+    norms = []
+    on_optimizer_step(trainer, lambda optimizer: norms.append(
+        float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None])))))
+    steps = [trainer.step() for _ in range(12)]
+    clipped = [(s, n) for s, n in zip(steps, norms) if s["grad_norm"] > s["clip_threshold"]]
+    assert len(clipped) >= 4 and all(s["clip_threshold"] < 1.0 for s, _ in clipped)
+    for stats, norm in zip(steps, norms):
+        assert norm == pytest.approx(min(stats["grad_norm"], stats["clip_threshold"]), rel=1e-3)
+
+
+def test_the_scheduled_weights_make_the_backpropagated_total(make_trainer):
+    losses = ("[{_target_:zerosr.losses.CharbonnierLoss,weight:1.0},"
+              "{_target_:zerosr.losses.MSSSIMLoss,weight:0.5,window_size:5,max_scales:2}]")
+    trainer = make_trainer(**{"train.losses": losses, "automation.loss_schedule.auto_calibrate": False,
+                              "automation.loss_schedule.baseline_iterations": 1,
+                              "automation.loss_schedule.adaptation_rate": 0.1,
+                              "automation.loss_schedule.adaptation_threshold": 1e-6, "train.total_iter": 10})
+    base = dict(trainer.learner.objective.base_weights)
+    moved = False
+    for _ in range(10):
+        weights = dict(trainer.suite.loss_schedule.weights)
+        moved = moved or any(not math.isclose(weights[k], base[k]) for k in base)
+        stats = trainer.step()
+        assert stats["loss"] == pytest.approx(sum(w * stats[f"loss/{k}"] for k, w in weights.items()), rel=1e-5)
+    assert moved  # the schedule really changed the weights during the run
+
+
+def test_the_batch_decision_sizes_the_batch_tensors(make_trainer):
+    trainer = make_trainer(**{"automation.batch.enabled": True, "train.batch_size": 4,
+                              "automation.batch.max_batch_size": 4, "debug.inject_oom_at": "[2]"})
+    seen: list[int] = []
+    trainer.learner.module.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    per_step = []
+    for _ in range(3):
+        seen.clear()
+        trainer.step()
+        per_step.append(list(seen))
+    # Step 2 fails after its first chunk, then the same 4 samples go again in halves; step 3 reads 2.
+    assert per_step == [[4], [4, 2, 2], [2]]
+    assert trainer.suite.batch.batch_size == 2 and trainer.stream.batch_size == 2
+
+
+def test_an_early_stop_ends_the_optimizer_steps(data, tmp_path, monkeypatch):
+    counted = []
+    original_init = loop.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        on_optimizer_step(self, lambda optimizer: counted.append(self.iteration))
+
+    monkeypatch.setattr(loop.Trainer, "__init__", init)
+    overrides = auto_overrides(data, **{"train.total_iter": 30, "train.val_freq": 2,
+                                        "automation.early_stop.patience": 4, "automation.early_stop.min_iter": 6,
+                                        "automation.early_stop.min_delta": 100.0})
+    train(compose_config(overrides), tmp_path / "run")
+    # First validation (2) is the best; nothing beats it by 100 dB, patience 4 -> stop at 6 (min_iter).
+    assert len(counted) == 6
+    assert sorted(p.name for p in (tmp_path / "run" / "training_state").glob("*.pt"))[-1] == "state_00000006.pt"
