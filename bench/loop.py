@@ -1,6 +1,6 @@
 """The training loop as users run it, against the bare model step. Prints JSON.
 
-    python bench/loop.py [--cases nano:8:48:2 s:8:48:4 nano:1:24:1] [--repeats 2]
+    python bench/loop.py [--cases nano:8:48:3 s:8:48:6 nano:1:24:1.5] [--repeats 2]
 
 Each case is ARCH:BATCH:LQ:MINUTES. `loop_ms` is one iteration of a real `train.py` process on
 the demo data, started as a user starts it: the variant's own run length, so every frequency
@@ -79,7 +79,7 @@ def loop_ms(name: str, batch: int, lq: int, minutes: float, run_dir: Path) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=["nano:8:48:2", "s:8:48:4", "nano:1:24:1"])
+    parser.add_argument("--cases", nargs="+", default=["nano:8:48:3", "s:8:48:6", "nano:1:24:1.5"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--bare-steps", type=int, default=40)
     args = parser.parse_args()

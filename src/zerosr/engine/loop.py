@@ -107,12 +107,23 @@ class Trainer:
             "lq_size": int(self.data.train.lq_size),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, source: Path | None = None) -> None:
         arch = state["arch"]
         if (arch["name"], arch["scale"]) != (self.cfg.arch.name, self.cfg.scale):
             raise UserError(f"the state to resume is {arch['name']} x{arch['scale']}, this run is "
                             f"{self.cfg.arch.name} x{self.cfg.scale}: resume with the same arch and scale")
-        self.learner.load_state_dict(state)
+        mismatch = self._resume_mismatch(state)
+        if mismatch is None:
+            try:
+                self.learner.load_state_dict(state)
+            except RuntimeError as error:  # e.g. a discriminator of another size
+                mismatch = f"its networks do not fit this run's ({str(error).splitlines()[0]})"
+        if mismatch is not None:
+            where = source if source is not None else "the saved state"
+            weights = (source.parent.parent / "models" / f"net_g_ema_{int(state['iteration']):08d}.safetensors"
+                       if source is not None else "its EMA weights")
+            raise UserError(f"cannot resume {where}: {mismatch}; resume with the saved run's setting, or start "
+                            f"fresh from its weights with train.pretrain={weights} (and no train.resume)")
         self.iteration = int(state["iteration"])
         self.stream.load_state_dict(state["data"])
         self.suite.load_state_dict(state["automations"])
@@ -122,6 +133,18 @@ class Trainer:
         self.stopped_early = bool(self.suite.early_stop.should_stop)
         restore_rng_state(state["rng"])
         self.apply_batch(self.stream.batch_size, int(state.get("lq_size", self.data.train.lq_size)))
+
+    def _resume_mismatch(self, state: dict) -> str | None:
+        """What a saved state cannot be loaded into: other losses (a GAN added or removed among
+        them), or another precision's scaler."""
+        saved_losses, losses = sorted(state["objective"]["weights"]), sorted(self.learner.objective.weights)
+        saved_fp16, fp16 = bool(state["scaler"]), self.learner.precision.scaler.is_enabled()
+        if saved_losses != losses:
+            return f"train.losses: the saved run trained {', '.join(saved_losses)}, this one {', '.join(losses)}"
+        if saved_fp16 != fp16:
+            return (f"the precision: the saved run used {'fp16 with a GradScaler' if saved_fp16 else 'no GradScaler'}, "
+                    f"this one {self.learner.precision.name}")
+        return None
 
     def save(self) -> Path:
         """Training state plus EMA and raw weights; both kinds keep the newest few. Under torchrun
@@ -151,7 +174,7 @@ class Trainer:
         path = distributed.on_main(lambda: find_resume_state(self.cfg.train.resume, self.run_dir, outputs,
                                                              self.cfg.name))
         if path is not None:
-            self.load_state_dict(distributed.on_main(lambda: load_training_state(path)))
+            self.load_state_dict(distributed.on_main(lambda: load_training_state(path)), source=path)
             self.last_good = path
             if distributed.is_main():
                 self._adopt_best_weights(path.parent.parent)
