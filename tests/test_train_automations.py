@@ -145,13 +145,23 @@ def test_start_up_probes_leave_a_gan_discriminator_untouched(data, tmp_path):
 
     gan = ("[{_target_:zerosr.losses.CharbonnierLoss,weight:1.0},"
            "{_target_:zerosr.losses.GANLoss,weight:0.05,discriminator:{_target_:zerosr.losses.UNetDiscriminatorSN,num_feat:8}}]")
-    trainer = Trainer(compose_config(auto_overrides(data, **{"automation.batch.enabled": True, "train.losses": gan})),
+    trainer = Trainer(compose_config(auto_overrides(data, **{"automation.batch.enabled": True, "train.losses": gan,
+                                                             "train.deterministic": False})),
                       tmp_path / "run")
     learner = trainer.learner
     before = {k: v.clone() for k, v in learner.objective.state_dict()["discriminator"].items()}
     model_before = {k: v.clone() for k, v in learner.module.state_dict().items()}
-    search_batch_size(learner, trainer.cfg, trainer.stream.batch_size, 16, keep_lq_size=True)
+    _, _, decision = search_batch_size(learner, trainer.cfg, trainer.stream.batch_size, 16, keep_lq_size=True)
+    assert "measured samples/s" in decision.reason  # real timed steps ran
     after = learner.objective.state_dict()["discriminator"]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(torch.equal(model_before[k], v) for k, v in learner.module.state_dict().items())
     trainer.close()
+
+
+def test_a_deterministic_run_makes_no_timed_batch_choice(data, tmp_path):
+    run(auto_overrides(data, **{"automation.batch.enabled": True}), tmp_path / "run")
+    search = [r for r in records(tmp_path / "run", "automation.jsonl") if r["automation"] == "batch"]
+    assert len(search) == 1 and search[0]["change"] == {} and "train.deterministic" in search[0]["reason"]
+    steps = [r for r in records(tmp_path / "run", "metrics.jsonl") if "loss" in r]
+    assert {r["batch_size"] for r in steps} == {2}  # the configured batch trained

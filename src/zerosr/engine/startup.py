@@ -36,6 +36,10 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
     within a RAM budget (CPU), starting from (`batch`, `lq_size`). Returns the chosen pair and the
     decision that explains it; the caller applies them."""
     auto, preset, scale = cfg.automation.batch, cfg.arch.preset, int(cfg.scale)
+    if learner.device.type != "cuda" and cfg.train.deterministic:
+        # Timing differs between runs; a deterministic run must not depend on it.
+        return batch, lq_size, Decision(0, "batch", {}, "train.deterministic: no timed search on the CPU, "
+                                        f"the tier's batch {batch} is kept")
     started = time.perf_counter()
     with learner.probing():
         if learner.device.type == "cuda":
@@ -60,7 +64,7 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
             def samples_per_second(size: int) -> float:
                 _synthetic_step(learner, size, lq_size, scale)  # warm-up: allocator, Adam state
                 best = math.inf
-                for _ in range(3):  # best of three: one timed step swung the choice between runs
+                for _ in range(3):  # best of three: a single timed step is too noisy to choose by
                     begin = time.perf_counter()
                     _synthetic_step(learner, size, lq_size, scale)
                     best = min(best, time.perf_counter() - begin)
