@@ -23,6 +23,9 @@ import torch
 from zerosr.archs.io import unwrap
 from zerosr.errors import UserError
 
+# LR pixels of context each tile carries on every side, unless a caller asks otherwise.
+DEFAULT_OVERLAP = 8
+
 
 def _spans(length: int, tile: int, overlap: int, align: int = 1) -> list[tuple[int, int, int, int]]:
     """(core_start, core_end, input_start, input_end) along one axis.
