@@ -72,7 +72,8 @@ def tiled_forward(
             "raise the tile size or lower the overlap"
         )
     net = unwrap(model) if isinstance(model, torch.nn.Module) else None
-    gain = net.content_gain(lq, rows=tile) if hasattr(net, "content_gain") else None
+    content_gain = getattr(net, "content_gain", None)
+    gain = content_gain(lq, rows=tile) if content_gain is not None else None
 
     # Tiles grouped by input shape (at most four: inner, last column, last row, corner), so a
     # batch stacks tiles of one size.
