@@ -242,9 +242,16 @@ def test_evaluate_gives_the_runs_own_validation_psnr(tmp_path):
     data = make_dataset(tmp_path / "train", count=4)
     val_hr, val_lr = make_dataset(tmp_path / "val", count=2, size=64, seed=5)
     run_dir = tmp_path / "run"
-    train(compose_config(tiny_overrides(data, **{"data.val_gt_path": val_hr, "data.val_lq_path": val_lr})), run_dir)
+    # From weights with a strong detail path, a high LR and a short EMA: the two validations
+    # then score models far enough apart for the check below to tell them apart.
+    start = archs.save(trained_like("paragonsr2_nano"), tmp_path / "start.safetensors")
+    settings = {"data.val_gt_path": val_hr, "data.val_lq_path": val_lr, "train.pretrain": start,
+                "train.lr": 2e-3, "train.ema_decay": 0.5}
+    train(compose_config(tiny_overrides(data, **settings)), run_dir)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    best = max(r["val/psnr"] for r in records if "val/psnr" in r)
+    logged = [r["val/psnr"] for r in records if "val/psnr" in r]
+    best = max(logged)
+    assert abs(logged[0] - logged[1]) > 0.02  # the check below could tell the two models apart
 
     result = command("evaluate", run_dir, "--hr", val_hr, "--lr", val_lr, "--json")
     assert result.returncode == 0, result.stderr
