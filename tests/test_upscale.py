@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from zerosr import archs
-from zerosr.data import bicubic_downscale, write_image
+from zerosr.data import write_image
 from zerosr.data.datasets import PairedImageDataset
 from zerosr.data.io import encode_image, read_image_unchanged
 from zerosr.engine.tiling import tiled_forward

@@ -136,7 +136,7 @@ def encode_image(image: np.ndarray, extension: str = ".png", quality: int | None
         if image.shape[2] not in (3, 4):
             raise ValueError(f"expected 1, 3 or 4 channels, got shape {image.shape}")
         if image.shape[2] == 4 and extension in NO_ALPHA_EXTENSIONS:
-            raise UserError(f"JPEG cannot store the alpha channel of this image: save it as .png or .webp")
+            raise UserError("JPEG cannot store the alpha channel of this image: save it as .png or .webp")
         code = cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR
         image = cv2.cvtColor(np.ascontiguousarray(image), code)
     params: list[int] = []
