@@ -235,9 +235,8 @@ def test_upscale_without_write_permission_is_one_line(model_file, tmp_path):
 
 def test_evaluate_gives_the_runs_own_validation_psnr(tmp_path):
     from test_train import make_dataset, tiny_overrides
-
     from zerosr.config.compose import compose_config
-    from zerosr.engine.loop import train
+    from zerosr.engine.run import train
 
     data = make_dataset(tmp_path / "train", count=4)
     val_hr, val_lr = make_dataset(tmp_path / "val", count=2, size=64, seed=5)

@@ -16,7 +16,6 @@ from typing import Callable
 
 from zerosr.errors import UserError
 
-
 # What a failed write tells the user to do, unless the caller knows better (`advice`).
 CHECKPOINT_ADVICE = "(free disk space or set hydra.run.dir elsewhere); the previous checkpoint is intact"
 

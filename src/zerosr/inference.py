@@ -121,7 +121,7 @@ class Upscaler:
     def __init__(self, model: torch.nn.Module, device: torch.device, tile: int | None = None,
                  batch: int | None = None, low_precision: bool = True):
         self.model, self.device, self.low_precision = model, device, low_precision
-        self.scale = int(getattr(unwrap(model), "scale"))
+        self.scale = int(unwrap(model).scale)
         self.whole = tile == 0
         auto_size, auto_batch = auto_tile(model, device)
         self.tile = auto_size if tile is None else tile
