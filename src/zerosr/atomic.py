@@ -16,13 +16,17 @@ from typing import Callable
 
 from zerosr.errors import UserError
 
+# What a failed write tells the user to do, unless the caller knows better (`advice`).
+CHECKPOINT_ADVICE = "(free disk space or set hydra.run.dir elsewhere); the previous checkpoint is intact"
 
-def atomic_save(obj_writer: Callable[[Path], None], path: str | os.PathLike) -> None:
+
+def atomic_save(obj_writer: Callable[[Path], None], path: str | os.PathLike, advice: str = CHECKPOINT_ADVICE) -> None:
     """Call `obj_writer(tmp_path)` to write the content, then move it into place at `path`.
 
     `obj_writer` must write the complete content to the path it is given (it may open it itself,
     e.g. `torch.save`, `Figure.savefig`). OSError from it or from the rename becomes a one-line
-    `UserError`; any other exception propagates unchanged after the temporary file is removed.
+    `UserError` ending in `advice`; any other exception propagates unchanged after the temporary
+    file is removed.
     """
     path = Path(path)
     try:
@@ -31,7 +35,7 @@ def atomic_save(obj_writer: Callable[[Path], None], path: str | os.PathLike) -> 
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as err:
-        raise _write_error(path, err) from err
+        raise _write_error(path, err, advice) from err
     tmp = Path(tmp_name)
     try:
         obj_writer(tmp)
@@ -39,29 +43,26 @@ def atomic_save(obj_writer: Callable[[Path], None], path: str | os.PathLike) -> 
         os.replace(tmp, path)
     except OSError as err:
         _remove_quietly(tmp)
-        raise _write_error(path, err) from err
+        raise _write_error(path, err, advice) from err
     except BaseException:
         _remove_quietly(tmp)
         raise
     _fsync_directory(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, advice: str = CHECKPOINT_ADVICE) -> None:
     """Atomically replace `path` with `data`."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
 
-    atomic_save(write, path)
+    atomic_save(write, path, advice)
 
 
-def _write_error(path: Path, err: OSError) -> UserError:
+def _write_error(path: Path, err: OSError, advice: str) -> UserError:
     reason = err.strerror or str(err)
-    return UserError(
-        f"could not write {path}: {reason} (free disk space or set hydra.run.dir elsewhere); "
-        "the previous checkpoint is intact"
-    )
+    return UserError(f"could not write {path}: {reason} {advice}")
 
 
 def _fsync_file(path: Path) -> None:

@@ -280,11 +280,8 @@ def _check_weights(cfg: DictConfig, report: Report) -> None:
         from zerosr import archs
 
         try:
-            state, _ = archs.load_state_dict_file(train.pretrain)
-            found, wanted = archs.identify(state), (cfg.arch.name, int(cfg.scale))
-            if found is not None and tuple(found) != wanted:
-                raise UserError(f"train.pretrain={train.pretrain} holds {found[0]} x{found[1]}, but this run is "
-                                f"{wanted[0]} x{wanted[1]}: pick matching weights or set arch/scale to match")
+            # The trainer's own reader (Trainer._load_pretrain): what passes here loads there.
+            archs.read_weights(train.pretrain, cfg.arch.name, int(cfg.scale), label=f"train.pretrain={train.pretrain}")
         except UserError as err:
             report.errors.append(str(err))
     from zerosr.engine import distributed

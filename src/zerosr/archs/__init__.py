@@ -23,6 +23,9 @@ _LAZY = {
     "identify": ".io",
     "load": ".io",
     "load_state_dict_file": ".io",
+    "load_weights": ".io",
+    "read_weights": ".io",
+    "Weights": ".io",
     "save": ".io",
 }
 

@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -271,6 +272,56 @@ def _expected_shapes(name: str, scale: int, overrides: tuple) -> tuple[tuple[str
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Weights:
+    """A weights file read and recognised: its state dict and the network it is for."""
+
+    path: Path
+    state: dict
+    name: str
+    scale: int
+    params: dict
+    label: str  # how messages name the file, e.g. "best.safetensors" or "train.pretrain=PATH"
+
+
+def read_weights(
+    path: str | os.PathLike,
+    name: str | None = None,
+    scale: int | None = None,
+    key: str | None = None,
+    label: str | None = None,
+) -> Weights:
+    """Read a weights file and say which network it holds; the one reader behind every loader.
+
+    Files with zerosr metadata say it; others are recognised from their weights, and when that
+    fails `name` and `scale` are taken as given. With `name` / `scale` given, a file for another
+    variant or scale is refused in one line saying what it holds. `label` names the file in
+    messages (default: its file name).
+    """
+    path = Path(path)
+    label = label or path.name
+    state, metadata = load_state_dict_file(path, key)
+    file_name, file_scale, params = _file_identity(path, state, metadata, name, scale)
+    if (name is not None and name != file_name) or (scale is not None and int(scale) != file_scale):
+        wanted = f"{name or file_name} x{scale if scale is not None else file_scale}"
+        raise UserError(
+            f"{label} holds {file_name} x{file_scale}, but the run uses {wanted}: "
+            f"use weights for {wanted} or set the run to {file_name} x{file_scale}"
+        )
+    return Weights(path, state, file_name, file_scale, params, label)
+
+
+def load_weights(model: nn.Module, weights: Weights) -> nn.Module:
+    """Copy `weights` into `model` (every tensor, exact shapes); a misfit is one line naming it."""
+    net = unwrap(model)
+    try:
+        net.load_state_dict(weights.state, strict=True)
+    except RuntimeError:
+        name, scale = getattr(net, "arch_name", weights.name), getattr(net, "scale", weights.scale)
+        raise UserError(f"{weights.label} does not fit {name} x{scale}: {_mismatch(net, weights.state)}") from None
+    return model
+
+
 def load(
     path: str | os.PathLike,
     name: str | None = None,
@@ -281,24 +332,11 @@ def load(
     """Rebuild the network a weights file was saved from, in eval mode on `device`.
 
     With `name` / `scale` given, a file for another variant or scale is refused with a message
-    saying what it holds. Files without zerosr metadata are recognised from their weights; when
-    that fails, `name` and `scale` are used as given.
+    saying what it holds (see `read_weights`).
     """
-    path = Path(path)
-    state, metadata = load_state_dict_file(path, key)
-    file_name, file_scale, params = _file_identity(path, state, metadata, name, scale)
-    if (name is not None and name != file_name) or (scale is not None and int(scale) != file_scale):
-        wanted = f"{name or file_name} x{scale if scale is not None else file_scale}"
-        raise UserError(
-            f"{path.name} holds {file_name} x{file_scale}, but the run uses {wanted}: "
-            f"use weights for {wanted} or set the run to {file_name} x{file_scale}"
-        )
-    model = build(file_name, file_scale, **params)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError:
-        raise UserError(f"{path.name} does not fit {file_name} x{file_scale}: {_mismatch(model, state)}") from None
-    return model.to(device).eval()
+    weights = read_weights(path, name, scale, key)
+    model = build(weights.name, weights.scale, **weights.params)
+    return load_weights(model, weights).to(device).eval()
 
 
 def _file_identity(path: Path, state: dict, metadata: dict, name: str | None, scale: int | None) -> tuple[str, int, dict]:

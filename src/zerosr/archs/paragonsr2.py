@@ -676,7 +676,43 @@ class ParagonSR2(nn.Module):
             self.conv_out.bias.zero_()
         self.magic_upsampler = MagicKernelSharp2021Upsample(in_chans, scale, upsampler_alpha)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def tile_alignment(self) -> int:
+        """Tiles whose origin is a multiple of this see the whole image's attention windows.
+
+        The windows start every WINDOW - OVERLAP pixels of the map they run on, so a tile placed
+        elsewhere attends over other windows (and the reference leaves a size-dependent strip at
+        the far edges out of the attention): its output then differs from the whole-image forward.
+        """
+        has_attention = any(isinstance(m, LocalWindowAttention) for m in self.modules())
+        return WINDOW - OVERLAP if has_attention else 1
+
+    def content_gain(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor | None:
+        """The detail gain of the whole of `x` (B, 1, 1, 1), computed in strips of `rows` rows.
+
+        The gain comes from an average over all pixels, so a tile would otherwise get a gain of its
+        own. The analyser's convolutions reach 6 pixels, so strips with 6 rows of context give
+        exactly the whole-image sums in a fraction of the memory. None without content awareness.
+        """
+        if self.content_processor is None:
+            return None
+        processor = self.content_processor
+        analyzer = processor.content_analyzer
+        features, head = analyzer[:6], analyzer[7:]  # [6] is the average pool, done here by sums
+        height, halo = x.shape[2], 6
+        rows = height if rows is None else max(1, int(rows))
+        total = None
+        for start in range(0, height, rows):
+            top, bottom = max(0, start - halo), min(height, start + rows + halo)
+            strip = features(x[:, :, top:bottom])[:, :, start - top : start - top + min(rows, height - start)]
+            part = strip.float().sum((2, 3), keepdim=True)
+            total = part if total is None else total + part
+        pooled = (total / (height * x.shape[3])).to(x.dtype)
+        complexity = head(pooled)
+        return processor.min_gain + (processor.max_gain - processor.min_gain) * (1 - complexity)
+
+    def forward(self, x: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        """`gain` replaces the content-aware gain of `x` (a tile passes its whole image's)."""
         if self.use_channels_last and not torch.onnx.is_in_onnx_export():
             # Unlike the reference (CUDA only), on CPU too: oneDNN convolutions skip their
             # layout conversions on NHWC input, about 10% of a training step.
@@ -695,4 +731,4 @@ class ParagonSR2(nn.Module):
         detail = self.conv_out(self.upsampler_net(feat))
         if self.content_processor is None:
             return base + detail
-        return multiply_add(base, detail, self.content_processor(x))
+        return multiply_add(base, detail, self.content_processor(x) if gain is None else gain)

@@ -55,17 +55,8 @@ def build_optimizer(spec: DictConfig, params) -> torch.optim.Optimizer:
 
 
 def load_pretrain(model: torch.nn.Module, path: str, arch_name: str, scale: int) -> None:
-    state, _ = archs.load_state_dict_file(path)
-    found = archs.identify(state)
-    wanted = (arch_name, int(scale))
-    if found is not None and tuple(found) != wanted:
-        raise UserError(f"train.pretrain={path} holds {found[0]} x{found[1]}, but this run is "
-                        f"{wanted[0]} x{wanted[1]}: pick matching weights or set arch/scale to match")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise UserError(f"train.pretrain={path} does not fit {wanted[0]} x{wanted[1]}: "
-                        f"{str(error).splitlines()[0]}") from None
+    """train.pretrain: the shared weights reader refuses another variant or scale in one line."""
+    archs.load_weights(model, archs.read_weights(path, arch_name, int(scale), label=f"train.pretrain={path}"))
 
 
 class Learner:

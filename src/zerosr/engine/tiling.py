@@ -1,11 +1,17 @@
-"""Run an SR model over a large image tile by tile, so validation fits in memory.
+"""Run an SR model over a large image tile by tile: validation, `zerosr.upscale` and `zerosr.evaluate`.
 
 Each tile's output is used only for its core: the tile is the core plus `overlap` LR pixels of
-context on every side (shifted inward at the image edges, so every tile has the full `tile` size).
-The cores partition the image with no blending. For a network whose receptive field reaches at
-most `overlap` LR pixels from the output pixel, the result is exactly the whole-image forward;
-for larger receptive fields the seams differ only by the context cut off beyond `overlap`.
-Call it under `torch.no_grad()` during validation.
+context on every side (shifted inward at the image edges). The cores partition the image, so
+there is no seam to blend away: for a network whose receptive field reaches at most `overlap` LR
+pixels, the result is exactly the whole-image forward. Two things reach further in ParagonSR2,
+and both are handled so that tiles still match the whole image (to float rounding in tests):
+
+- window attention: tiles start at multiples of the model's `tile_alignment` (and the overlap is
+  rounded up to one), so every tile attends over the same windows as the whole image;
+- the content-aware detail gain, an average over the whole image: it is computed once for the
+  whole image (`content_gain`, in strips) and given to every tile.
+
+Tiles of one shape run `batch_size` at a time. Call it under `torch.no_grad()`.
 """
 
 from __future__ import annotations
@@ -14,49 +20,86 @@ from typing import Callable
 
 import torch
 
+from zerosr.archs.io import unwrap
 from zerosr.errors import UserError
 
+# LR pixels of context each tile carries on every side, unless a caller asks otherwise.
+DEFAULT_OVERLAP = 8
 
-def _spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
-    """(core_start, core_end, input_start) along one axis; inputs are `tile` long (or the axis)."""
+
+def _spans(length: int, tile: int, overlap: int, align: int = 1) -> list[tuple[int, int, int, int]]:
+    """(core_start, core_end, input_start, input_end) along one axis.
+
+    Inputs are `tile` long (the last one may be up to `align - 1` shorter) and start at multiples
+    of `align`; with align 1 every input is exactly `tile` long, shifted inward at the far edge.
+    """
     if length <= tile:
-        return [(0, length, 0)]
+        return [(0, length, 0, length)]
     core = tile - 2 * overlap
+    last_input = -(-(length - tile) // align) * align  # rounded up, so it stays within `tile`
     spans = []
     for start in range(0, length, core):
         end = min(start + core, length)
-        input_start = min(max(start - overlap, 0), length - tile)
-        spans.append((start, end, input_start))
+        input_start = max(0, min(start - overlap, last_input))
+        spans.append((start, end, input_start, min(input_start + tile, length)))
     return spans
 
 
+def tile_geometry(model, tile: int, overlap: int) -> tuple[int, int, int]:
+    """(tile, overlap, align) as `tiled_forward` uses them for this model.
+
+    The overlap is rounded up to a multiple of the model's alignment and the tile down to one
+    (never below the smallest tile that leaves a core of one alignment step).
+    """
+    align = int(getattr(unwrap(model), "tile_alignment", 1)) if isinstance(model, torch.nn.Module) else 1
+    if align > 1:
+        overlap = -(-overlap // align) * align
+        tile = max(tile // align * align, 2 * overlap + align)
+    return tile, overlap, align
+
+
 def tiled_forward(
-    model: Callable[[torch.Tensor], torch.Tensor], lq: torch.Tensor, scale: int, tile: int, overlap: int
+    model: Callable[..., torch.Tensor], lq: torch.Tensor, scale: int, tile: int, overlap: int, batch_size: int = 1
 ) -> torch.Tensor:
     """model(lq) computed on tiles of at most `tile` x `tile` LR pixels; lq is N x C x H x W."""
     _, _, height, width = lq.shape
     if tile >= height and tile >= width:
         return model(lq)
+    tile, overlap, align = tile_geometry(model, tile, overlap)
     if overlap < 0 or tile - 2 * overlap <= 0:
         raise UserError(
-            f"validation tile size {tile} must exceed twice the tile overlap {overlap}: "
+            f"tile size {tile} must exceed twice the tile overlap {overlap}: "
             "raise the tile size or lower the overlap"
         )
+    net = unwrap(model) if isinstance(model, torch.nn.Module) else None
+    content_gain = getattr(net, "content_gain", None)
+    gain = content_gain(lq, rows=tile) if content_gain is not None else None
+
+    # Tiles grouped by input shape (at most four: inner, last column, last row, corner), so a
+    # batch stacks tiles of one size.
+    groups: dict[tuple[int, int], list[tuple]] = {}
+    for y0, y1, in_y0, in_y1 in _spans(height, tile, overlap, align):
+        for x0, x1, in_x0, in_x1 in _spans(width, tile, overlap, align):
+            groups.setdefault((in_y1 - in_y0, in_x1 - in_x0), []).append((y0, y1, in_y0, x0, x1, in_x0))
+
     output = None
-    for y0, y1, in_y in _spans(height, tile, overlap):
-        for x0, x1, in_x in _spans(width, tile, overlap):
-            patch = lq[:, :, in_y : in_y + tile, in_x : in_x + tile]
-            result = model(patch)
-            expected = (patch.shape[2] * scale, patch.shape[3] * scale)
+    n = lq.shape[0]
+    for (tile_h, tile_w), placements in groups.items():
+        for first in range(0, len(placements), max(1, batch_size)):
+            chunk = placements[first : first + max(1, batch_size)]
+            patches = torch.cat([lq[:, :, iy : iy + tile_h, ix : ix + tile_w] for _, _, iy, _, _, ix in chunk])
+            result = model(patches) if gain is None else model(patches, gain=gain.repeat(len(chunk), 1, 1, 1))
+            expected = (tile_h * scale, tile_w * scale)
             if tuple(result.shape[2:]) != expected:
                 raise ValueError(
-                    f"model turned a {tuple(patch.shape[2:])} tile into {tuple(result.shape[2:])}, "
+                    f"model turned a {(tile_h, tile_w)} tile into {tuple(result.shape[2:])}, "
                     f"expected {expected} at scale {scale}"
                 )
             if output is None:
-                output = result.new_empty(lq.shape[0], result.shape[1], height * scale, width * scale)
-            oy, ox = (y0 - in_y) * scale, (x0 - in_x) * scale
-            output[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = result[
-                :, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
-            ]
+                output = result.new_empty(n, result.shape[1], height * scale, width * scale)
+            for i, (y0, y1, in_y, x0, x1, in_x) in enumerate(chunk):
+                oy, ox = (y0 - in_y) * scale, (x0 - in_x) * scale
+                output[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = result[
+                    i * n : (i + 1) * n, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
+                ]
     return output

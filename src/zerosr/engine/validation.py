@@ -2,6 +2,7 @@
 
 Images larger than `tile` LR pixels run in tiles; a few SR results and a side-by-side comparison
 (bicubic | SR | HR) are written under `RUN/visualization/<iteration>/` at every validation.
+`python -m zerosr.evaluate` scores a model with these same functions.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from zerosr.data.degrade import resize_weights
-from zerosr.engine.tiling import tiled_forward
+from zerosr.engine.tiling import DEFAULT_OVERLAP, tiled_forward
 from zerosr.metrics import calculate_psnr, calculate_ssim, tensor_to_uint8
 from zerosr.report.images import save_comparison, save_image
 
@@ -25,28 +26,34 @@ def bicubic_upscale(lq: torch.Tensor, scale: int) -> torch.Tensor:
     return torch.einsum("ih,nchw,jw->ncij", rows, lq, cols).clamp_(0, 1)
 
 
-def _scores(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[float, float]:
+def score(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> tuple[float, float]:
+    """(PSNR, SSIM) on Y with `scale` border pixels cropped, of CHW tensors rounded to 8 bits."""
     a, b = tensor_to_uint8(sr), tensor_to_uint8(hr)
     return (calculate_psnr(a, b, crop_border=scale, test_y_channel=True),
             calculate_ssim(a, b, crop_border=scale, test_y_channel=True))
 
 
+def validation_items(dataset, scale: int):
+    """(index, name, lq, gt) per image, batched (1, C, H, W), HR cropped to LR * scale."""
+    for index in range(len(dataset)):
+        item = dataset[index]
+        lq, gt = item["lq"].unsqueeze(0), item["gt"].unsqueeze(0)
+        h, w = lq.shape[-2] * scale, lq.shape[-1] * scale
+        yield index, item.get("name", str(index)), lq, gt[..., :h, :w]
+
+
 class Validator:
     def __init__(self, dataset, scale: int, tile: int, device: torch.device, out_dir: Path,
-                 images_to_save: int = 3, overlap: int = 8):
+                 images_to_save: int = 3, overlap: int = DEFAULT_OVERLAP):
         self.dataset, self.scale, self.tile, self.overlap = dataset, scale, tile, overlap
         self.device, self.out_dir, self.images_to_save = device, Path(out_dir), images_to_save
         self.baseline = self._bicubic_baseline()
 
     def _items(self):
-        for index in range(len(self.dataset)):
-            item = self.dataset[index]
-            lq, gt = item["lq"].unsqueeze(0), item["gt"].unsqueeze(0)
-            h, w = lq.shape[-2] * self.scale, lq.shape[-1] * self.scale
-            yield index, item.get("name", str(index)), lq, gt[..., :h, :w]
+        return validation_items(self.dataset, self.scale)
 
     def _bicubic_baseline(self) -> dict[str, float]:
-        scores = [_scores(bicubic_upscale(lq, self.scale)[0], gt[0], self.scale) for _, _, lq, gt in self._items()]
+        scores = [score(bicubic_upscale(lq, self.scale)[0], gt[0], self.scale) for _, _, lq, gt in self._items()]
         return {"val/bicubic_psnr": float(np.mean([s[0] for s in scores])),
                 "val/bicubic_ssim": float(np.mean([s[1] for s in scores]))}
 
@@ -61,7 +68,7 @@ class Validator:
             if channels_last:
                 lq = lq.contiguous(memory_format=torch.channels_last)
             sr = tiled_forward(model, lq, self.scale, self.tile, self.overlap).float().clamp_(0, 1).cpu()
-            psnr, ssim = _scores(sr[0], gt[0], self.scale)
+            psnr, ssim = score(sr[0], gt[0], self.scale)
             psnrs.append(psnr)
             ssims.append(ssim)
             if index < self.images_to_save:

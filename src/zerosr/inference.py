@@ -1,0 +1,185 @@
+"""Applying a trained model: what `zerosr.upscale` and `zerosr.evaluate` share.
+
+The model is loaded by `archs.read_weights` (the reader behind `train.pretrain`) and run through
+`engine.tiling.tiled_forward` (validation's tiling), so a model gives here what it gave in
+validation. `Upscaler` adds what a user's images need: the device and precision, a tile size
+from the free (V)RAM that halves when memory runs out, and gray / alpha handling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zerosr import archs
+from zerosr.archs.io import unwrap
+from zerosr.engine.tiling import DEFAULT_OVERLAP, tile_geometry, tiled_forward
+from zerosr.errors import UserError
+
+# Context every tile carries on each side: validation's (tiling rounds it up to the model's
+# attention-window step, 24 LR pixels for ParagonSR2 with attention).
+OVERLAP = DEFAULT_OVERLAP
+MAX_TILE = 512  # LR pixels; larger tiles are no faster, on GPU the batch grows instead
+MAX_BATCH = 8
+MIN_TILE = 32
+# Share of the free memory a forward may plan to use, and activation bytes per LR pixel per
+# feature channel of the network (conv input and output, the expanded FFN, the pixel shuffle).
+MEMORY_SHARE = {"cuda": 0.5, "cpu": 0.25}
+FEATURE_COPIES = 12
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A weights file, or a run directory's `models/best.safetensors`."""
+    path = Path(path)
+    if path.is_dir():
+        best = path / "models" / "best.safetensors"
+        if not best.is_file():
+            raise UserError(
+                f"{path} is a folder without models/best.safetensors: pass a weights file, or a run "
+                "directory whose training has validated at least once"
+            )
+        return best
+    return path
+
+
+def load_model(path: str | Path, device: torch.device) -> torch.nn.Module:
+    """The network in a weights file or run directory, in eval mode on `device`."""
+    return archs.load(resolve_model_path(path), device=device)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Create `folder` and write a scratch file there: no permission is one line before any work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=".zerosr-write-test-", dir=folder)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as err:
+        raise UserError(f"cannot write to {what} {folder} ({err.strerror or err}): "
+                        "choose a folder you may write to") from None
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device, high_depth: bool) -> torch.dtype | None:
+    """bf16 (or fp16 before Ampere) on a GPU; fp32 (None) on CPU and for 16-bit images.
+
+    bf16 keeps 8 significant bits, enough for an 8-bit image but not for a 16-bit one.
+    """
+    if device.type != "cuda" or high_depth:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil  # what zerosr.detect reads the RAM with, without its GPU probe and warnings
+
+    return int(psutil.virtual_memory().available)
+
+
+def auto_tile(model: torch.nn.Module, device: torch.device) -> tuple[int, int]:
+    """(tile, batch) that the free memory allows for this model, from a per-pixel estimate."""
+    net = unwrap(model)
+    features = int(getattr(net, "num_feat", 64))
+    scale = int(getattr(net, "scale", 4))
+    bytes_per_value = 2 if device.type == "cuda" else 4
+    per_pixel = bytes_per_value * features * (FEATURE_COPIES + 2 * scale * scale)
+    budget = _free_bytes(device) * MEMORY_SHARE[device.type]
+    side = int(math.sqrt(max(budget, 1) / per_pixel))
+    tile = max(MIN_TILE, min(MAX_TILE, side // 16 * 16))
+    batch = 1
+    if device.type == "cuda":
+        batch = int(max(1, min(MAX_BATCH, budget // (per_pixel * tile * tile))))
+    return tile, batch
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+class Upscaler:
+    """model(image) on (N, 3, H, W) in [0, 1] tensors or numpy images, tiled and memory-safe.
+
+    `tile` None picks the tile from the free memory, 0 runs whole images; once memory runs
+    out the tile is halved (and stays halved for the next images) down to the smallest tile.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, tile: int | None = None,
+                 batch: int | None = None, low_precision: bool = True):
+        self.model, self.device, self.low_precision = model, device, low_precision
+        self.scale = int(unwrap(model).scale)
+        self.whole = tile == 0
+        auto_size, auto_batch = auto_tile(model, device)
+        self.tile = auto_size if tile is None else tile
+        self.batch = batch or (auto_batch if tile is None else 1)
+        # The smallest tile that still leaves a core between the overlaps.
+        self.min_tile = tile_geometry(model, MIN_TILE, OVERLAP)[0]
+
+    def _forward(self, lq: torch.Tensor, tile: int, dtype: torch.dtype | None) -> torch.Tensor:
+        context = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with torch.no_grad(), context:
+            return tiled_forward(self.model, lq, self.scale, tile, OVERLAP, self.batch).float()
+
+    def upscale_tensor(self, lq: torch.Tensor, high_depth: bool = False) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> (N, 3, sH, sW) float32 in [0, 1] on the CPU."""
+        lq = lq.to(self.device)
+        dtype = autocast_dtype(self.device, high_depth) if self.low_precision else None
+        while True:
+            tile = max(lq.shape[-2:]) if self.whole else self.tile
+            try:
+                sr = self._forward(lq, tile, dtype)
+                if dtype is not None and not torch.isfinite(sr).all():
+                    sr = self._forward(lq, tile, None)  # fp16 overflowed: this image in fp32
+                return sr.clamp_(0, 1).cpu()
+            except (torch.OutOfMemoryError, RuntimeError) as error:
+                if not is_out_of_memory(error):
+                    raise
+                self._release()
+                if self.whole:
+                    raise UserError(f"out of memory for the whole {lq.shape[-1]}x{lq.shape[-2]} image "
+                                    "(--tile 0): leave --tile out to run it in tiles") from None
+                if self.batch > 1:  # the batch halves first, then the tile
+                    self.batch //= 2
+                elif self.tile // 2 >= self.min_tile:
+                    self.tile //= 2
+                else:
+                    raise UserError(f"out of memory even with {self.tile}x{self.tile} tiles: close other "
+                                    "programs using the memory, or use a smaller model") from None
+
+    def _release(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def upscale_image(self, image: np.ndarray, high_depth: bool = False) -> np.ndarray:
+        """An HW gray, HWC RGB or RGBA float image in [0, 1] -> the same layout, float32, upscaled.
+
+        Gray runs as RGB with equal channels and comes back as their mean; alpha runs through
+        the model on its own, as a gray image, in the same batch as the colour. `high_depth`
+        (a 16-bit source) keeps the model in fp32.
+        """
+        gray = image.ndim == 2
+        planes = image[:, :, None] if gray else image
+        color = planes[:, :, :3] if planes.shape[2] >= 3 else np.repeat(planes[:, :, :1], 3, axis=2)
+        batch = [color]
+        if planes.shape[2] == 4:
+            batch.append(np.repeat(planes[:, :, 3:], 3, axis=2))
+        lq = torch.from_numpy(np.stack(batch).transpose(0, 3, 1, 2).copy())
+        sr = self.upscale_tensor(lq, high_depth).numpy().transpose(0, 2, 3, 1)
+        result = sr[0].mean(axis=2) if gray else sr[0]
+        if len(batch) == 2:
+            result = np.concatenate([result, sr[1].mean(axis=2, keepdims=True)], axis=2)
+        return np.ascontiguousarray(result, dtype=np.float32)
