@@ -3,7 +3,8 @@
 `conf/train.yaml` names options that zerosr registers in Hydra's ConfigStore (the typed schema,
 one arch option per variant, `hardware_tier/auto` for the detected tier) and resolvers
 (`${zerosr.*:...}`). Hydra builds every app's config search path through SearchPathPlugins, so
-this one registers them when, and only when, the search path holds zerosr's conf/:
+this one registers them when the search path holds zerosr's conf/ and nothing registered them
+yet (`train.py` and `zerosr.config.compose` register before Hydra starts):
 
     from hydra import compose, initialize_config_dir
     from zerosr.config import CONFIG_DIR
@@ -24,6 +25,8 @@ class ZeroSRCompose(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         from zerosr.config import CONFIG_DIR
 
+        if _registered():
+            return
         for element in search_path.get_path():
             path = element.path or ""
             if path.startswith("file://"):
@@ -33,3 +36,12 @@ class ZeroSRCompose(SearchPathPlugin):
 
                 register()
                 return
+
+
+def _registered() -> bool:
+    from hydra.core.config_store import ConfigStore
+
+    try:
+        return "auto.yaml" in ConfigStore.instance().list("hardware_tier")
+    except OSError:  # Hydra: "Path not found" while the group does not exist yet
+        return False
