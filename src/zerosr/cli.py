@@ -58,10 +58,9 @@ _SPELLING_HINT = "python train.py --cfg job lists every key and value"
 
 def config_error_line(error: BaseException) -> str:
     """One line naming a Hydra/OmegaConf config problem and its fix (Hydra prints several)."""
+    import yaml
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
-
-    import yaml
 
     if isinstance(error, yaml.YAMLError):
         return yaml_error_line(error)
