@@ -166,6 +166,9 @@ def bad_inputs(work: Path, data) -> dict:
     def paired(gt, lq, **extra):
         return base_overrides(gt, lq, **extra)
 
+    cfg_yaml, cfg_key = folder("cfg_yaml", {}), folder("cfg_key", {})  # --config-dir files
+    (cfg_yaml / "exp.yaml").write_text("defaults: [train, _self_]\ntrain:\n  total_iter: [1,\n")
+    (cfg_key / "typo.yaml").write_text("defaults: [train, _self_]\ntrain:\n  total_itr: 5\n")
     cases = {
         # config and overrides (train.py: compose-time or the bounds check)
         "unknown arch": ("train", ["arch=foo"]),
@@ -179,6 +182,18 @@ def bad_inputs(work: Path, data) -> dict:
         "zero batch": ("train", ["train.batch_size=0"]),
         "unsupported scale": ("train", ["scale=5"]),
         "data=paired without gt_path": ("train", ["data=paired"]),
+        "data=demo with a data.gt_path": ("train", ["data=demo", f"data.gt_path={hr}"]),
+        "unknown key added with +": ("train", ["+train.foo=1"]),
+        "misspelt hparams_search option": ("train", ["-m", "hparams_search=optuan", f"hydra.sweep.dir={work / 'sw'}"]),
+        "YAML syntax error in a config file": ("train", ["--config-dir", cfg_yaml, "--config-name", "exp"]),
+        "key typo in a config file": ("train", ["--config-dir", cfg_key, "--config-name", "typo"]),
+        "loss entry as a bare string": ("train", paired(hr, lr, **{"train.losses": "[charbonnier]"})),
+        "loss _target_ that does not import": ("doctor", paired(hr, lr, **{"train.losses.0._target_": "x.Nope"})),
+        "optimizer _target_ that is not an optimizer": ("doctor", paired(hr, lr, **{
+            "train.optimizer._target_": "zerosr.losses.L1Loss"})),
+        "prefetch_factor=0 with loader workers": ("train", paired(hr, lr, **{
+            "hardware_tier.num_workers": 2, "hardware_tier.prefetch_factor": 0})),
+        "dry run with a missing folder": ("train", ["data.gt_path=/nope", "dry_run=true"]),
         "bad kill_at entry": ("train", paired(hr, lr, **{"debug.kill_at": "[later:3]"})),
         # weights
         "pretrain of another variant": ("train", paired(hr, lr, **{"train.pretrain": micro})),

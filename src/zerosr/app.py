@@ -8,6 +8,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from zerosr.config.resolved import resolved_dict, write_replayable
+from zerosr.config.tier import settle_tier
+from zerosr.config.user_set import forget as forget_user_set
+from zerosr.config.user_set import remember as remember_user_set
 from zerosr.config.validate import validate
 from zerosr.detect import probe
 from zerosr.engine import distributed
@@ -21,19 +24,20 @@ def run_dir_of(cfg: DictConfig) -> Path:
 
 def run(cfg: DictConfig) -> float:
     """Returns the best validation PSNR, the value sweepers maximise."""
+    cfg = settle_tier(cfg)  # this machine's tier, also when a launcher composed elsewhere
     validate(cfg)
     arm_kill_points(cfg.debug.kill_at)  # debug.kill_at: SIGKILL at chosen points (fault tests)
-    if not cfg.dry_run:
-        from zerosr.preflight import preflight
+    from zerosr.preflight import preflight
 
-        preflight(cfg)  # the data, in seconds: every problem one line, exit 2
+    preflight(cfg)  # the data, in seconds, dry run included (as doctor): every problem one line, exit 2
     run_dir = run_dir_of(cfg)
     if distributed.launched():  # torchrun: one process group, one run directory, rank 0 writes
         run_dir = join_ranks(run_dir)
     if distributed.is_main():
         write_replayable(resolved_dict(cfg), run_dir / "resolved_config.yaml")
+    user_set = remember_user_set(cfg)  # what the user set wins over start-up measurement
     try:
-        print(describe_choices(cfg, probe()), flush=True)
+        print(describe_choices(cfg, probe(), user_set), flush=True)
         if cfg.dry_run:
             print(f"dry run: config saved to {run_dir / 'resolved_config.yaml'}; no training")
             return float("nan")
@@ -41,6 +45,7 @@ def run(cfg: DictConfig) -> float:
 
         return train(cfg, run_dir)
     finally:
+        forget_user_set()  # the next job in this process (a multirun) records its own
         distributed.shutdown()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 
 from zerosr.errors import UserError
@@ -57,12 +58,30 @@ _SPELLING_HINT = "python train.py --cfg job lists every key and value"
 
 def config_error_line(error: BaseException) -> str:
     """One line naming a Hydra/OmegaConf config problem and its fix (Hydra prints several)."""
+    import yaml
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+    if isinstance(error, yaml.YAMLError):
+        return yaml_error_line(error)
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    if isinstance(cause.__cause__, yaml.YAMLError):  # Hydra wraps some YAML errors
+        return yaml_error_line(cause.__cause__)
     key = getattr(cause, "full_key", None)
     first = _first_line(cause)
+    composing = _COMPOSING.match(first)
+    if composing and key is None:
+        # "In 'exp': ConfigKeyError raised while composing config:" then the detail and
+        # "full_key: ..." on later lines: a config file's mistake, named with its key and file.
+        where, kind = composing.groups()
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else kind
+        found = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+        if found and kind in ("ConfigKeyError", "ConfigAttributeError"):
+            return f"{found} is not a config key ({detail}, in config '{where}'): check the spelling; {_SPELLING_HINT}"
+        if found:
+            return f"{found}: {detail} (in config '{where}'): give a value of the type the key expects; {_SPELLING_HINT}"
+        return f"in config '{where}': {detail}; {_SPELLING_HINT}"
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and "/" in error.missing_cfg_file:
         group, option = error.missing_cfg_file.rsplit("/", 1)
         return f"{group}={option} is not an option: use one of {', '.join(error.options or [])}"
@@ -78,6 +97,19 @@ def config_error_line(error: BaseException) -> str:
         shown = f"{key}={value}" if value is not None else key
         return f"{shown}: {first}: give a value of the type the key expects; {_SPELLING_HINT}"
     return f"{first}; {_SPELLING_HINT}"
+
+
+_COMPOSING = re.compile(r"In '(.+)': (\w+) raised while composing config:")
+
+
+def yaml_error_line(error) -> str:
+    """A YAML syntax error as `FILE, line L, column C: problem`."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or _first_line(error)
+    context = getattr(error, "context", None)
+    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+    return (f"{where}: YAML syntax error: {problem}" + (f" ({context})" if context else "")
+            + ": fix the file there (quote values with ':' or brackets)")
 
 
 def _first_line(error: BaseException) -> str:
@@ -103,6 +135,7 @@ def install_hydra_error_handler() -> None:
     `hydra._internal.utils.run_and_report`; this wraps it.
     """
     import hydra._internal.utils as hydra_utils
+    import yaml
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -114,7 +147,7 @@ def install_hydra_error_handler() -> None:
         def guarded():
             try:
                 return func()
-            except (HydraException, OmegaConfBaseException, UserError) as error:
+            except (HydraException, OmegaConfBaseException, UserError, yaml.YAMLError) as error:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
                 line = str(error) if isinstance(error, UserError) else config_error_line(error)

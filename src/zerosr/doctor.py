@@ -1,9 +1,10 @@
 """`python -m zerosr.doctor [OVERRIDES...]`: check the config and the data of a run without training.
 
 Takes the same overrides as `train.py` (`data=paired data.gt_path=HR data.lq_path=LR scale=4 ...`),
-composes the same config, runs the same bounds checks and the data preflight
-(`zerosr.preflight`), prints one line per problem and the counts, and exits 0 when the run
-can start, 2 when something must be fixed first.
+composes the same config, runs the same checks as `train.py` and its `dry_run=true` (unknown keys,
+bounds, every `_target_` imported, the losses, optimizer and DataLoader settings, then the data
+preflight, `zerosr.preflight`), prints one line per problem and the counts, and exits 0 when the
+run can start, 2 when something must be fixed first. A `data.gt_path` implies `data=paired`.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from zerosr.config import CONFIG_DIR
+from zerosr.config.overrides import complete_overrides
 from zerosr.config.store import register
 
 
@@ -15,4 +16,4 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_dir=None,
     register()
     with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3",
                                job_name="zerosr"):
-        return compose(config_name=config_name, overrides=list(overrides))
+        return compose(config_name=config_name, overrides=complete_overrides(list(overrides)))

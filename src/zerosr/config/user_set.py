@@ -1,19 +1,121 @@
-"""Which keys the user set: explicit values win over start-up measurement and calibration."""
+"""Which keys the user set: explicit values win over start-up measurement and calibration.
+
+A key counts as set by the user when it is named on the command line, or when the job's config (a
+`--config-dir` file, the Python API's YAML, a replayed `resolved_config.yaml`) gives it a value
+other than the one zerosr's own `conf/` gives for the same options (arch, tier, automation, data).
+A file that writes out a derived value unchanged (the API's YAML, a replay) does not set it.
+"""
 
 from __future__ import annotations
 
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+# The running job's keys set in its config (see `remember`); None before a job says so.
+_from_config: set[str] | None = None
+_UNRESOLVABLE = object()
+
 
 def user_set_keys(prefix: str) -> set[str]:
-    """Keys under `prefix` the user set on the command line (explicit keys win over calibration)."""
+    """Keys under `prefix` the user set (explicit keys win over calibration), relative to it."""
+    keys = command_line_keys() | (_from_config or set())
+    if not prefix:
+        return keys
+    found = set()
+    for key in keys:
+        if key.startswith(prefix + "."):
+            found.add(key[len(prefix) + 1:])
+        elif key == prefix:
+            found.add("")
+    return found
+
+
+def remember(cfg: DictConfig) -> set[str]:
+    """Record which keys this job's config sets; returns every key the user set."""
+    global _from_config
+    _from_config = keys_set_in(cfg)
+    return user_set_keys("")
+
+
+def forget() -> None:
+    global _from_config
+    _from_config = None
+
+
+def command_line_keys() -> set[str]:
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return set()
-    keys = set()
-    for override in HydraConfig.get().overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key.startswith(prefix + "."):
-            keys.add(key[len(prefix) + 1:])
-        elif key == prefix:
-            keys.add("")
-    return keys
+    return {override.split("=", 1)[0].lstrip("+~") for override in HydraConfig.get().overrides.task}
+
+
+def keys_set_in(cfg: DictConfig) -> set[str]:
+    """Leaf keys of `cfg` whose value differs from what zerosr's conf/ gives for the same options."""
+    reference = builtin_config(cfg)
+    ours, theirs = _leaves(cfg), _leaves(reference)
+    found = set()
+    for key, value in ours.items():
+        if key in theirs and value == theirs[key]:
+            continue  # the built-in value (an interpolation stays one)
+        mine = _resolved(cfg, key)
+        if key in theirs and mine is not _UNRESOLVABLE and mine == _resolved(reference, key):
+            continue  # the derived value written out unchanged
+        found.add(key)
+    return found
+
+
+def builtin_config(cfg: DictConfig) -> DictConfig:
+    """zerosr's own train config with the options `cfg` uses (options of its own only)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import RunMode
+
+    from zerosr.config import CONFIG_DIR
+    from zerosr.config.store import register
+
+    register()  # the arch options, the schema and hardware_tier/auto
+    overrides = []
+    for group in ("arch", "hardware_tier", "automation", "data"):
+        name = OmegaConf.select(cfg, f"{group}.name", default=None)
+        if name is not None and _is_option(CONFIG_DIR, group, str(name)):
+            overrides.append(f"{group}={name}")
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONFIG_DIR)))
+    reference = loader.load_configuration("train", overrides, RunMode.RUN, from_shell=False)
+    with open_dict(reference):
+        reference.pop("hydra", None)
+    return reference
+
+
+def _is_option(config_dir, group: str, name: str) -> bool:
+    if group == "arch":
+        from zerosr.archs.variants import VARIANTS
+
+        return name in VARIANTS
+    return (config_dir / group / f"{name}.yaml").is_file()
+
+
+def _leaves(cfg: DictConfig) -> dict[str, object]:
+    """Dotted key -> unresolved value; lists are single values (a list is set as a whole)."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    out: dict[str, object] = {}
+
+    def walk(node, prefix: str):
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            out[prefix] = node
+
+    walk(plain, "")
+    return out
+
+
+def _resolved(cfg: DictConfig, key: str):
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    except Exception:  # noqa: BLE001 - a `???` or a value that cannot resolve: never "equal"
+        return _UNRESOLVABLE
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import dataclasses
 
+from omegaconf import DictConfig, OmegaConf
+
+from zerosr.config.targets import check_loader, check_targets
 from zerosr.errors import UserError
 
 SCALES = (2, 3, 4, 8)
@@ -16,7 +19,9 @@ def _require(ok: bool, message: str) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise UserError naming the first out-of-bounds value and the fix."""
+    """Raise UserError naming the first unknown key, out-of-bounds value or unusable `_target_`,
+    and the fix. Imports what the config names (torch included)."""
+    check_known_keys(cfg)
     train = cfg.train
     _require(cfg.scale in SCALES, f"scale={cfg.scale} is not supported: use one of {', '.join(map(str, SCALES))}")
     _require(train.lr > 0, f"train.lr={train.lr} must be positive: try train.lr=2e-4 (or leave it unset)")
@@ -35,15 +40,38 @@ def validate(cfg: DictConfig) -> None:
     _require(len(train.losses) > 0, "train.losses is empty: give at least one loss, e.g. the default Charbonnier")
     _require(cfg.hardware_tier.precision in PRECISIONS,
              f"hardware_tier.precision={cfg.hardware_tier.precision} is not one of {', '.join(PRECISIONS)}")
-    _require(cfg.hardware_tier.num_workers >= 0, "hardware_tier.num_workers must be 0 or more")
+    check_loader(cfg.hardware_tier)
     if "lr" in train.optimizer and float(train.optimizer.lr) != float(train.lr):
         raise UserError(f"train.optimizer.lr={train.optimizer.lr} differs from train.lr={train.lr}: set train.lr "
                         "(the schedule and the automations start from it)")
     _validate_automation(cfg.automation)
     if cfg.data.name != "demo":
         _require(bool(cfg.data.gt_path), "data.gt_path is not set: give your HR folder, data.gt_path=PATH/TO/HR")
+    elif cfg.data.gt_path:
+        raise UserError(f"data.gt_path={cfg.data.gt_path} is set but the dataset is demo (the built-in synthetic "
+                        "one): choose data=paired for your folders (in a config file: "
+                        "defaults: [train, {override data: paired}, _self_])")
     if (cfg.data.val_gt_path is None) != (cfg.data.val_lq_path is None) and cfg.data.val_lq_path is not None:
         raise UserError("data.val_lq_path is set without data.val_gt_path: give both validation folders")
+    check_targets(cfg)
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Keys the schema does not know, also ones added with `+` (Hydra then lets them in, and the run
+    would save and ignore them): one line naming the first."""
+    def walk(node: DictConfig, prefix: str) -> None:
+        schema = OmegaConf.get_type(node)
+        known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+        for key in node.keys():
+            full = f"{prefix}{key}"
+            if known is not None and key not in known and full != "hydra":
+                raise UserError(f"{full} is not a config key: check the spelling (a '+' does not add keys to "
+                                f"zerosr's config); python train.py --cfg job lists every key and value")
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and known is not None and not (child._is_none() or child._is_missing()):
+                walk(child, f"{full}.")
+
+    walk(cfg, "")
 
 
 def _validate_automation(auto: DictConfig) -> None:

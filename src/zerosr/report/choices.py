@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from collections.abc import Iterable
+
+from omegaconf import DictConfig, OmegaConf
 
 from zerosr.detect import Hardware, generation, tier_for
 
@@ -19,12 +21,15 @@ def _hardware_line(hardware: Hardware) -> str:
             f"{hardware.ram_gb:.1f} GB RAM")
 
 
-def describe_choices(cfg: DictConfig, hardware: Hardware) -> str:
-    """Tier, preset, training values and the automations' derived parameters, resolved."""
+def describe_choices(cfg: DictConfig, hardware: Hardware, user_set: Iterable[str] = ()) -> str:
+    """Tier, preset, training values and the automations' derived parameters, resolved; the keys
+    the user set (`user_set`, dotted) are listed as "set by you"."""
     tier, train, auto = cfg.hardware_tier, cfg.train, cfg.automation
+    user_set = set(user_set)
     detected = tier_for(hardware)
-    why_tier = ("detected" if tier.name == detected
-                else f"set on the command line; this machine would be '{detected}'")
+    why_tier = "detected" if tier.name == detected else f"set by you; this machine would be '{detected}'"
+    lr = float(train.lr) * float(train.lr_scale)
+    lr_text = f"lr {lr:g}" + (f" = {train.lr:g} x train.lr_scale {train.lr_scale:g}" if train.lr_scale != 1 else "")
     lines = [
         f"hardware     {_hardware_line(hardware)}",
         f"tier         {tier.name} ({why_tier}): precision {tier.precision}, compile "
@@ -32,26 +37,55 @@ def describe_choices(cfg: DictConfig, hardware: Hardware) -> str:
         f"{tier.num_workers} loader workers",
         f"arch         {cfg.arch.name} x{cfg.scale}; preset lr {cfg.arch.preset.lr:g}, batch hint "
         f"{cfg.arch.preset.batch_size}, {cfg.arch.preset.total_iter} iterations",
-        f"train        {train.total_iter} iterations, lr {train.lr:g} (warm-up {train.warmup_iter}), "
+        f"train        {train.total_iter} iterations, {lr_text} (warm-up {train.warmup_iter}), "
         f"batch {train.batch_size} x {train.lq_size}px LR patches, EMA {train.ema_decay}",
         f"             validate every {train.val_freq}, save every {train.save_freq}, "
         f"log every {train.log_freq}",
         f"dataset      {cfg.data.name}" + (f": {cfg.data.gt_path} / {cfg.data.lq_path or 'bicubic LR'}"
                                          if cfg.data.gt_path else ""),
     ]
-    if not auto.enabled:
-        lines.append("automation   off: fixed batch, warm-up then cosine LR schedule")
-    else:
-        lines += [
-            f"automation   lr: plateau patience {auto.lr.plateau_patience}, factors "
-            f"[{auto.lr.min_lr_factor}, {auto.lr.max_lr_factor}], cool-down {auto.lr.cooldown}",
-            f"             batch: target VRAM {auto.batch.target_vram_usage}, margin "
-            f"{auto.batch.safety_margin}, re-check every {auto.batch.adjust_every}, max {auto.batch.max_batch_size}",
-            f"             clip: p{auto.clip.percentile} of the last {auto.clip.history} gradient norms",
-            f"             early stop: patience {auto.early_stop.patience} iterations, min delta "
-            f"{auto.early_stop.min_delta} dB, not before {auto.early_stop.min_iter}",
-            f"             loss schedule: momentum {auto.loss_schedule.momentum}, rate "
-            f"{auto.loss_schedule.adaptation_rate}, max weight {auto.loss_schedule.max_weight}; "
-            f"dataset analysis on {auto.dataset_analysis.batches} batches",
-        ]
+    lines += _automation_lines(auto)
+    shown = _user_values(cfg, user_set)
+    if shown:
+        lines.append(f"set by you   {', '.join(shown)}")
     return "\n".join(lines)
+
+
+def _automation_lines(auto: DictConfig) -> list[str]:
+    """One line per automation that is on; the ones that are off named together."""
+    described = {
+        "lr": lambda a: f"lr: plateau patience {a.plateau_patience}, factors [{a.min_lr_factor}, "
+                        f"{a.max_lr_factor}], cool-down {a.cooldown}",
+        "batch": lambda a: f"batch: target VRAM {a.target_vram_usage}, margin {a.safety_margin}, re-check "
+                           f"every {a.adjust_every}, max {a.max_batch_size}",
+        "clip": lambda a: f"clip: p{a.percentile} of the last {a.history} gradient norms",
+        "early_stop": lambda a: f"early stop: patience {a.patience} iterations, min delta {a.min_delta} dB, "
+                                f"not before {a.min_iter}",
+        "loss_schedule": lambda a: f"loss schedule: momentum {a.momentum}, rate {a.adaptation_rate}, max "
+                                   f"weight {a.max_weight}",
+        "dataset_analysis": lambda a: f"dataset analysis on {a.batches} batches",
+    }
+    on = [name for name in described if auto.enabled and auto[name].enabled]
+    off = [name for name in described if name not in on]
+    lines = [described[name](auto[name]) for name in on]
+    if off:
+        fixed = " (fixed batch, warm-up then cosine LR)" if "lr" in off and "batch" in off else ""
+        lines.append("off: " + ", ".join(name.replace("_", " ") for name in off) + fixed)
+    return [("automation   " if i == 0 else "             ") + line for i, line in enumerate(lines)]
+
+
+def _user_values(cfg: DictConfig, keys: set[str], width: int = 48) -> list[str]:
+    """`key=value` for each key the user set that the config holds (not Hydra's own keys)."""
+    shown = []
+    for key in sorted(keys):
+        if not key or key.startswith("hydra.") or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            continue
+        value = OmegaConf.select(cfg, key)
+        if OmegaConf.is_dict(value) and "name" in value:  # a group option: arch=..., automation=off
+            value = value.name
+        text = str(OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value)
+        shown.append(f"{key}={text if len(text) <= width else text[:width - 3] + '...'}")
+    return shown
+
+
+_ABSENT = object()
