@@ -14,6 +14,7 @@ from zerosr.automations.batch import (
     memory_budget,
     peak_memory_of,
 )
+from zerosr.engine.accelerator import CpuAccelerator
 from zerosr.errors import UserError
 
 GIB = 2**30
@@ -79,7 +80,7 @@ def test_budget_must_leave_room():
 
 def test_peak_memory_of_runs_the_step_on_cpu():
     ran = []
-    assert peak_memory_of(lambda: ran.append(1), torch.device("cpu")) is None
+    assert peak_memory_of(lambda: ran.append(1), CpuAccelerator()) is None
     assert ran == [1, 1]
 
 

@@ -125,22 +125,21 @@ def find_batch_size(try_batch: Callable[[int, int], float | None], start: int, m
     return batch, lq, list(probes.values())
 
 
-def peak_memory_of(step: Callable[[], None], device: torch.device, repeats: int = 2) -> int | None:
-    """Peak reserved device memory of `repeats` calls of `step` (a full forward, backward and
-    optimizer step). Two by default, because Adam allocates its state on the first step; reserved
-    rather than allocated bytes, because out-of-memory is decided on what the allocator holds.
-    None on a device that does not report memory (CPU)."""
-    if device.type != "cuda":
+def peak_memory_of(step: Callable[[], None], memory, repeats: int = 2) -> int | None:
+    """Peak allocated device memory of `repeats` calls of `step` (a full forward, backward and
+    optimizer step), read from `memory` (the engine's accelerator: `is_gpu`, `synchronize()`,
+    `free_cache()`, `peak_bytes()`). Two by default, because Adam allocates its state on the first
+    step. None without a GPU (no memory readings)."""
+    if not memory.is_gpu:
         for _ in range(repeats):
             step()
         return None
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
+    memory.synchronize()
+    memory.free_cache()
     for _ in range(repeats):
         step()
-    torch.cuda.synchronize(device)
-    return int(torch.cuda.max_memory_reserved(device))
+    memory.synchronize()
+    return int(memory.peak_bytes())
 
 
 def cpu_batch_size(measure: Callable[[int], float], candidates: Iterable[int], ram_budget_bytes: float,

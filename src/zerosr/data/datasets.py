@@ -196,6 +196,11 @@ class PairedPatchDataset(Dataset):
                     f"({w}x{h} LR pixels): lower train.lq_size or remove that image"
                 )
 
+    @property
+    def largest_lq_size(self) -> int:
+        """The largest square LR patch every training image can give (the smallest image's side)."""
+        return min(min(h, w) for h, w in self.images.lq_sizes)
+
     def __len__(self) -> int:
         return self.length
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,6 +25,7 @@ from omegaconf import DictConfig
 
 from zerosr import archs
 from zerosr.engine import distributed
+from zerosr.engine.accelerator import CpuAccelerator
 from zerosr.engine.ema import ModelEMA
 from zerosr.engine.objective import build_objective
 from zerosr.engine.precision import make_precision
@@ -60,11 +60,12 @@ def load_pretrain(model: torch.nn.Module, path: str, arch_name: str, scale: int)
 
 
 class Learner:
-    def __init__(self, cfg: DictConfig, device: torch.device):
+    def __init__(self, cfg: DictConfig, accelerator: CpuAccelerator):
         train, tier = cfg.train, cfg.hardware_tier
-        self.device = device
-        self.precision = make_precision(tier.precision, device)
-        self.channels_last = bool(tier.channels_last) and device.type == "cuda"
+        self.accelerator = accelerator
+        self.device = device = accelerator.device
+        self.precision = make_precision(tier.precision, accelerator)
+        self.channels_last = bool(tier.channels_last) and accelerator.is_gpu
         module = archs.build(cfg.arch.name, cfg.scale, **cfg.arch.params).to(device)
         if train.pretrain:
             load_pretrain(module, train.pretrain, cfg.arch.name, cfg.scale)
@@ -77,7 +78,8 @@ class Learner:
         # torchrun: DistributedDataParallel. `sync` marks steps whose collectives every rank joins.
         self.model = distributed.wrap(module, device)
         self.sync = distributed.is_distributed()
-        self.forward = torch.compile(self.model) if tier.compile and device.type == "cuda" else self.model
+        # Compiled on a real GPU only: the simulated card runs eager on the CPU.
+        self.forward = torch.compile(self.model) if tier.compile and accelerator.kind == "cuda" else self.model
         self._for_discriminator: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- state: one list of parts for checkpoints, rollbacks and probes -------------------------
@@ -229,10 +231,13 @@ class Learner:
         self._for_discriminator = None
 
     def free_memory(self) -> None:
-        if self.device.type == "cuda":
-            gc.collect()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)  # a failed size's peak must not judge the next
+        self.accelerator.free_cache()  # and a new peak window: a failed size's peak must not judge the next
+
+    def skip(self) -> None:
+        """Drop a step judged non-finite after `clip`; a GradScaler still lowers its scale."""
+        if self.precision.scaler.is_enabled():
+            self.precision.scaler.update()
+        self.discard()
 
     def train_on(self, lq: torch.Tensor, gt: torch.Tensor, lr: float) -> float:
         """One whole plain iteration on given tensors at `lr` (the start-up probes); returns the loss."""

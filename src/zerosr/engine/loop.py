@@ -21,6 +21,7 @@ from zerosr.automations import build_automations
 from zerosr.automations.base import Decision
 from zerosr.config.user_set import user_set_keys
 from zerosr.engine import distributed
+from zerosr.engine.accelerator import current as current_accelerator
 from zerosr.engine.checkpoint import (
     capture_rng_state,
     find_resume_state,
@@ -31,7 +32,6 @@ from zerosr.engine.checkpoint import (
 )
 from zerosr.engine.data import BatchStream, build_data
 from zerosr.engine.learner import Learner
-from zerosr.engine.precision import select_device
 from zerosr.engine.validation import Validator
 from zerosr.errors import UserError
 from zerosr.report.logs import RunLogger
@@ -56,13 +56,14 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         train, tier = cfg.train, cfg.hardware_tier
         seed_everything(train.seed, train.deterministic)
-        self.device = select_device()
-        self.learner = Learner(cfg, self.device)
+        self.accelerator = accelerator = current_accelerator()
+        self.device = accelerator.device
+        self.learner = Learner(cfg, accelerator)
         self.sync = self.learner.sync
         self.data = build_data(cfg)
         self.stream = BatchStream(self.data.train, train.batch_size, train.seed,
                                   rank=distributed.rank(), world_size=distributed.world_size(),
-                                  num_workers=tier.num_workers, pin_memory=tier.pin_memory and self.device.type == "cuda",
+                                  num_workers=tier.num_workers, pin_memory=tier.pin_memory and accelerator.kind == "cuda",
                                   prefetch_factor=tier.prefetch_factor)
         self.validator = Validator(self.data.val, cfg.scale, train.val_tile, self.device,
                                    self.run_dir / "visualization")
@@ -73,8 +74,7 @@ class Trainer:
             warmup_iter=train.warmup_iter, batch_size=train.batch_size,
             base_weights=self.learner.objective.base_weights, user_set=user_set_keys("automation.loss_schedule"),
             gan_name=gan.name if gan is not None else None,
-            total_memory=(torch.cuda.get_device_properties(self.device).total_memory
-                          if self.device.type == "cuda" else None))
+            total_memory=accelerator.total_memory())
         # Read once: the step runs thousands of times and must not touch the config.
         self.grad_accum = int(train.grad_accum)
         self.inject_nan_at, self.inject_oom_at = set(cfg.debug.inject_nan_at), set(cfg.debug.inject_oom_at)
@@ -218,6 +218,9 @@ class Trainer:
         it = self.iteration + 1
         learner.set_loss_weights(suite.loss_schedule.weights)
         self._apply_lr(it)
+        # The peak this step reads back is this step's alone: validation, saving and earlier steps
+        # stay out of the memory watch's window.
+        self.accelerator.reset_peak()
         batches = [self.stream.next_batch() for _ in range(self.grad_accum)]
         if len(batches) == 1:
             lq, gt = batches[0]["lq"], batches[0]["gt"]
@@ -241,8 +244,8 @@ class Trainer:
         names = list(out.parts)
         extra = [out.discriminator] if out.discriminator is not None else []
         means = torch.stack([out.total, *out.parts.values(), out.norm, *extra]).float()
-        cuda = self.device.type == "cuda"
-        maxes = [float(torch.cuda.max_memory_reserved(self.device))] if cuda else []
+        peak = self.accelerator.peak_bytes()
+        maxes = [float(peak)] if peak is not None else []
         time_up = self.deadline is not None and time.perf_counter() >= self.deadline
         values, maxes, (self.time_up, self.stop_agreed) = distributed.combine_step(
             means, maxes, [time_up, self.stop_requested])
@@ -253,10 +256,9 @@ class Trainer:
             stats["loss/discriminator"] = values[-1]
         if maxes:
             stats["peak_mem_bytes"] = maxes[0]
-        # A GradScaler (fp16) skips inf-gradient steps itself while it finds its scale.
-        scaled = learner.precision.scaler.is_enabled()
-        if not math.isfinite(total) or (not scaled and not all(map(math.isfinite, values))):
-            learner.discard()
+        # Under fp16 too: a GradScaler would skip the step silently while its scale collapses.
+        if not all(map(math.isfinite, values)):
+            learner.skip()
             return self._skip_nonfinite(it, stats)
         learner.apply()
         stats.update({"grad_norm": norm, "clip_threshold": threshold, "clipped": float(norm > threshold)})
@@ -264,8 +266,6 @@ class Trainer:
         self.record(suite.on_step_end(it, stats))
         if suite.batch.batch_size != old_batch:
             self.apply_batch(suite.batch.batch_size)
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(self.device)
         return stats
 
     def _skip_nonfinite(self, it: int, stats: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Device, autocast and gradient scaling from the tier's precision."""
+"""Autocast and gradient scaling from the tier's precision and the accelerator's card."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from dataclasses import dataclass
 
 import torch
 
+from zerosr.engine.accelerator import CpuAccelerator
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class Precision:
     device: torch.device
-    name: str  # what actually runs: fp32 on CPU whatever the tier says
+    name: str  # what actually runs: fp32 without a GPU whatever the tier says
     scaler: torch.amp.GradScaler
 
     def autocast(self):
@@ -23,19 +25,20 @@ class Precision:
 
 
 def select_device() -> torch.device:
-    if torch.cuda.is_available():
-        import os
+    from zerosr.engine.accelerator import current
 
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+    return current().device
 
 
-def make_precision(tier_precision: str, device: torch.device) -> Precision:
-    """bf16/fp16 autocast on CUDA (fp16 with a GradScaler); fp32 on CPU, where autocast buys nothing."""
-    name = tier_precision if device.type == "cuda" else "fp32"
-    if name == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+def make_precision(tier_precision: str, accelerator: CpuAccelerator) -> Precision:
+    """bf16/fp16 autocast on a GPU (fp16 with a GradScaler; bf16 falls back to fp16 on a card
+    without it); fp32 without a GPU, where autocast buys nothing. A simulated card runs the same
+    autocast and GradScaler on the CPU."""
+    device = accelerator.device
+    name = tier_precision if accelerator.is_gpu else "fp32"
+    if name == "bf16" and not accelerator.bf16_supported():
         name = "fp16"
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+    if accelerator.kind == "cuda" and accelerator.capability() >= (8, 0):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     scaler = torch.amp.GradScaler(device.type, enabled=(name == "fp16"))

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from zerosr.config.resolved import resolved_dict
 from zerosr.config.user_set import user_set_keys
 from zerosr.engine import distributed
+from zerosr.engine.accelerator import current as current_accelerator
 from zerosr.engine.killpoints import kill_point
 from zerosr.engine.loop import Trainer
 from zerosr.engine.startup import analyse_dataset, find_lr, search_batch_size
@@ -47,7 +48,8 @@ def start_up(trainer: Trainer) -> None:
         user_set = user_set_keys("train")
         if suite.batch.enabled and "batch_size" not in user_set:
             batch, lq, decision = search_batch_size(learner, cfg, trainer.stream.batch_size,
-                                                    int(trainer.data.train.lq_size), "lq_size" in user_set)
+                                                    int(trainer.data.train.lq_size), "lq_size" in user_set,
+                                                    trainer.data.train.largest_lq_size)
             trainer.record([decision] + suite.adopt_batch(0, batch))
             trainer.apply_batch(batch, lq)
         scores = None
@@ -74,6 +76,12 @@ def resolved_once(cfg: DictConfig) -> DictConfig:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
+    # A simulated card counts the memory of every tensor made inside this context.
+    with current_accelerator().active():
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> float:
     started = time.perf_counter()
     cfg = resolved_once(cfg)
     trainer = Trainer(cfg, run_dir)

@@ -31,31 +31,35 @@ def _synthetic_step(learner: Learner, batch: int, lq_size: int, scale: int) -> f
 
 
 def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: int,
-                      keep_lq_size: bool) -> tuple[int, int, Decision]:
+                      keep_lq_size: bool, largest_lq: int | None = None) -> tuple[int, int, Decision]:
     """The largest batch (and patch) fitting the tier's memory target (GPU), or the fastest batch
-    within a RAM budget (CPU), starting from (`batch`, `lq_size`). Returns the chosen pair and the
-    decision that explains it; the caller applies them."""
+    within a RAM budget (CPU), starting from (`batch`, `lq_size`); no patch over `largest_lq` (the
+    smallest training image). Returns the chosen pair and the decision that explains it; the
+    caller applies them."""
     auto, preset, scale = cfg.automation.batch, cfg.arch.preset, int(cfg.scale)
-    if learner.device.type != "cuda" and cfg.train.deterministic:
+    accelerator = learner.accelerator
+    if not accelerator.is_gpu and cfg.train.deterministic:
         # Timing differs between runs; a deterministic run must not depend on it.
         return batch, lq_size, Decision(0, "batch", {}, "train.deterministic: no timed search on the CPU, "
                                         f"the tier's batch {batch} is kept")
     started = time.perf_counter()
     with learner.probing():
-        if learner.device.type == "cuda":
-            total = torch.cuda.get_device_properties(learner.device).total_memory
+        if accelerator.is_gpu:
+            total = accelerator.total_memory()
 
             def try_batch(size: int, lq: int) -> int | None:
-                return peak_memory_of(lambda: _synthetic_step(learner, size, lq, scale), learner.device)
+                return peak_memory_of(lambda: _synthetic_step(learner, size, lq, scale), accelerator)
 
             lq_sizes = [s for s in lq_candidates(lq_size, preset.lq_size_min, preset.lq_size_max)
-                        if s <= cfg.hardware_tier.max_lq_size] or [lq_size]
+                        if s <= cfg.hardware_tier.max_lq_size and (largest_lq is None or s <= largest_lq)]
+            lq_sizes = lq_sizes or [lq_size]
             if keep_lq_size:
                 lq_sizes = [lq_size]
             new_batch, new_lq, probes = find_batch_size(try_batch, batch, auto.max_batch_size, lq_sizes,
                                                         auto.target_vram_usage, auto.safety_margin, total,
                                                         auto.min_batch_size)
-            why = f"{len(probes)} real steps: largest fitting {auto.target_vram_usage:.0%} of {total / 2**30:.1f} GiB"
+            why = (f"{len(probes)} real steps on {accelerator.name}: largest fitting "
+                   f"{auto.target_vram_usage:.0%} of {total / 2**30:.1f} GiB")
         else:
             new_lq = lq_size
             per_sample = _bytes_per_sample(cfg, lq_size)
