@@ -165,3 +165,15 @@ def test_device_count_failure_means_cpu(with_nvml, capsys):
     with_nvml(fake_pynvml(nvmlDeviceGetCount=raises))
     assert not probe().has_gpu
     assert capsys.readouterr().err.count("warning:") == 1
+
+
+@pytest.mark.parametrize("visible, names", [("1", ["GPU b"]), ("2,0", ["GPU c", "GPU a"]), ("", []),
+                                            ("0,7,1", ["GPU a"]), (None, ["GPU a", "GPU b", "GPU c"])])
+def test_detection_counts_only_the_gpus_cuda_visible_devices_shows(with_nvml, monkeypatch, visible, names):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    with_nvml(fake_pynvml(nvmlDeviceGetCount=lambda: 3, nvmlDeviceGetHandleByIndex=lambda i: i,
+                          nvmlDeviceGetName=lambda h: f"GPU {'abc'[h]}"))
+    assert [g.name for g in probe().gpus] == names

@@ -101,7 +101,7 @@ def _probe_gpus() -> tuple[list[GPUInfo], list[str]]:
             count = int(pynvml.nvmlDeviceGetCount())
         except (pynvml.NVMLError, TypeError, ValueError) as exc:
             return [], [f"NVML could not count GPUs ({exc}): using the cpu tier"]
-        for index in range(count):
+        for index in _visible_indices(count, problems):
             gpus.append(_probe_one_gpu(pynvml, index, driver, problems))
     finally:
         try:
@@ -109,6 +109,26 @@ def _probe_gpus() -> tuple[list[GPUInfo], list[str]]:
         except pynvml.NVMLError:
             pass
     return gpus, problems
+
+
+def _visible_indices(count: int, problems: list[str]) -> list[int]:
+    """The NVML indices CUDA will use: CUDA_VISIBLE_DEVICES, when set, lists them (up to the first
+    invalid entry, as CUDA reads it). GPU UUIDs there cannot be matched cheaply: all are counted."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return list(range(count))
+    indices: list[int] = []
+    for entry in (part.strip() for part in visible.split(",")):
+        if not entry.lstrip("-").isdigit():
+            if entry:
+                problems.append(f"CUDA_VISIBLE_DEVICES={visible} names GPUs by UUID or MIG id: counting all {count}")
+                return list(range(count))
+            break
+        index = int(entry)
+        if not 0 <= index < count or index in indices:
+            break  # CUDA stops at the first invalid index
+        indices.append(index)
+    return indices
 
 
 def _probe_one_gpu(pynvml, index: int, driver: str, problems: list[str]) -> GPUInfo:

@@ -8,6 +8,7 @@ all; `zerosr.engine.run.train` drives it from start to end.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -39,12 +40,15 @@ from zerosr.report.progress import Progress
 from zerosr.report.summary import RunOutcome
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int, deterministic: bool, gpu: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
-        # Bit-exact on CPU given the same thread count; on CUDA, deterministic kernels where they exist.
+        if gpu:  # cuBLAS is deterministic only with a fixed workspace, set before its first handle
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # Bit-exact on CPU given the same thread count; on CUDA, deterministic kernels where they
+        # exist, and a warning (once per operator) where one is not.
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     else:
@@ -55,8 +59,8 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         train, tier = cfg.train, cfg.hardware_tier
-        seed_everything(train.seed, train.deterministic)
         self.accelerator = accelerator = current_accelerator()
+        seed_everything(train.seed, train.deterministic, accelerator.is_gpu)
         self.device = accelerator.device
         self.learner = Learner(cfg, accelerator)
         self.sync = self.learner.sync
@@ -66,7 +70,7 @@ class Trainer:
                                   num_workers=tier.num_workers, pin_memory=tier.pin_memory and accelerator.kind == "cuda",
                                   prefetch_factor=tier.prefetch_factor)
         self.validator = Validator(self.data.val, cfg.scale, train.val_tile, self.device,
-                                   self.run_dir / "visualization")
+                                   self.run_dir / "visualization", free_memory=accelerator.free_cache)
         self.logger = RunLogger(self.run_dir, enabled=distributed.is_main())  # rank 0 writes the logs
         gan = self.learner.objective.gan
         self.suite = build_automations(

@@ -21,6 +21,7 @@ from zerosr.automations.batch import lq_candidates
 from zerosr.automations.lr import LRController
 from zerosr.engine.data import BatchStream
 from zerosr.engine.learner import Learner
+from zerosr.errors import UserError
 
 
 def _synthetic_step(learner: Learner, batch: int, lq_size: int, scale: int) -> float:
@@ -55,9 +56,12 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
             lq_sizes = lq_sizes or [lq_size]
             if keep_lq_size:
                 lq_sizes = [lq_size]
-            new_batch, new_lq, probes = find_batch_size(try_batch, batch, auto.max_batch_size, lq_sizes,
-                                                        auto.target_vram_usage, auto.safety_margin, total,
-                                                        auto.min_batch_size)
+            try:
+                new_batch, new_lq, probes = find_batch_size(try_batch, batch, auto.max_batch_size, lq_sizes,
+                                                            auto.target_vram_usage, auto.safety_margin, total,
+                                                            auto.min_batch_size)
+            except UserError as error:
+                raise UserError(f"{accelerator.name}: {error}") from None
             why = (f"{len(probes)} real steps on {accelerator.name}: largest fitting "
                    f"{auto.target_vram_usage:.0%} of {total / 2**30:.1f} GiB")
         else:

@@ -1,19 +1,22 @@
 """Validation: PSNR/SSIM on Y (border cropped by the scale) of the model and of bicubic upscaling.
 
-Images larger than `tile` LR pixels run in tiles; a few SR results and a side-by-side comparison
-(bicubic | SR | HR) are written under `RUN/visualization/<iteration>/` at every validation.
+Images larger than `tile` LR pixels run in tiles; an out-of-memory error halves the tile (down to
+a core of `MIN_CORE` pixels inside the overlap) and runs the image again. A few SR results and a
+side-by-side comparison (bicubic | SR | HR) are written under `RUN/visualization/<iteration>/` at every validation.
 `python -m zerosr.evaluate` scores a model with these same functions.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from zerosr.data.degrade import resize_weights
-from zerosr.engine.tiling import DEFAULT_OVERLAP, tiled_forward
+from zerosr.engine.tiling import DEFAULT_OVERLAP, tile_geometry, tiled_forward
+from zerosr.errors import UserError
 from zerosr.metrics import calculate_psnr, calculate_ssim, tensor_to_uint8
 from zerosr.report.images import save_comparison, save_image
 
@@ -42,12 +45,34 @@ def validation_items(dataset, scale: int):
         yield index, item.get("name", str(index)), lq, gt[..., :h, :w]
 
 
+MIN_CORE = 8  # LR pixels of a tile's core: below this the overlap costs more than the tile
+
+
 class Validator:
     def __init__(self, dataset, scale: int, tile: int, device: torch.device, out_dir: Path,
-                 images_to_save: int = 3, overlap: int = DEFAULT_OVERLAP):
+                 images_to_save: int = 3, overlap: int = DEFAULT_OVERLAP,
+                 free_memory: Callable[[], None] = lambda: None):
         self.dataset, self.scale, self.tile, self.overlap = dataset, scale, tile, overlap
         self.device, self.out_dir, self.images_to_save = device, Path(out_dir), images_to_save
+        self.free_memory = free_memory
         self.baseline = self._bicubic_baseline()
+
+    def _upscale(self, model: torch.nn.Module, lq: torch.Tensor) -> torch.Tensor:
+        """The model's output for one image, tile by tile; out of memory halves the tile and retries."""
+        _, overlap, align = tile_geometry(model, self.tile, self.overlap)
+        smallest = 2 * overlap + max(MIN_CORE, align)
+        while True:
+            tile = min(self.tile, max(lq.shape[-2:]))
+            try:
+                return tiled_forward(model, lq, self.scale, tile, self.overlap)
+            except torch.OutOfMemoryError:
+                if tile <= smallest:
+                    raise UserError(f"validation runs out of memory even in {tile}px tiles: use fewer or "
+                                    "smaller validation images, or a smaller arch") from None
+            # Outside the except block: its traceback would keep the failed tile's tensors alive.
+            self.tile = max(smallest, tile // 2)
+            self.free_memory()
+            print(f"validation: out of memory in {tile}px tiles, now {self.tile}px", flush=True)
 
     def _items(self):
         return validation_items(self.dataset, self.scale)
@@ -67,7 +92,7 @@ class Validator:
             lq = lq.to(self.device)
             if channels_last:
                 lq = lq.contiguous(memory_format=torch.channels_last)
-            sr = tiled_forward(model, lq, self.scale, self.tile, self.overlap).float().clamp_(0, 1).cpu()
+            sr = self._upscale(model, lq).float().clamp_(0, 1).cpu()
             psnr, ssim = score(sr[0], gt[0], self.scale)
             psnrs.append(psnr)
             ssims.append(ssim)
