@@ -39,6 +39,11 @@ class Probe:
     why: str
 
 
+def memory_size(nbytes: float) -> str:
+    """Bytes for a message: GiB, or MiB below one GiB (a small simulated card)."""
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
 def memory_budget(total_memory: int, target_fraction: float, margin: float) -> float:
     """Bytes a batch may use: the target share of memory minus the safety margin."""
     budget = (target_fraction - margin) * total_memory
@@ -79,7 +84,7 @@ def find_batch_size(try_batch: Callable[[int, int], float | None], start: int, m
             else:
                 ok = peak is None or peak <= budget
                 probes[(batch, lq)] = Probe(batch, lq, None if peak is None else int(peak), ok,
-                                            "fits" if ok else f"over the budget of {budget / 2**30:.2f} GiB")
+                                            "fits" if ok else f"over the budget of {memory_size(budget)}")
         return probes[(batch, lq)].fits
 
     def largest(lq: int) -> int:
@@ -121,7 +126,7 @@ def find_batch_size(try_batch: Callable[[int, int], float | None], start: int, m
                 break
     if batch == 0:
         raise UserError(f"not even batch {min_batch} with {min(lq_sizes)}px patches fits in "
-                        f"{total_memory / 2**30:.1f} GiB: choose a smaller arch or hardware_tier=cpu")
+                        f"{memory_size(total_memory)}: choose a smaller arch or hardware_tier=cpu")
     return batch, lq, list(probes.values())
 
 
@@ -240,7 +245,7 @@ class BatchController(Automation):
         peak, self.window_peak, self.window_start = self.window_peak, 0, iteration
         new = adjusted_batch(self.batch_size, peak, self.total_memory, self.target, self.margin,
                              self.min_batch, self.max_batch, self.ceiling)
-        used = f"peak {peak / 2**30:.2f} GiB = {peak / self.total_memory:.0%} of memory"
+        used = f"peak {memory_size(peak)} = {peak / self.total_memory:.0%} of memory"
         if new < self.batch_size:
             return self._change(iteration, new, f"{used}, over the {self.target:.0%} target: shrink")
         if new > self.batch_size:

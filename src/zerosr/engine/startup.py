@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from zerosr.automations import analyse, cpu_batch_size, find_batch_size, lr_range_test, peak_memory_of
 from zerosr.automations.base import Decision
-from zerosr.automations.batch import lq_candidates
+from zerosr.automations.batch import lq_candidates, memory_size
 from zerosr.automations.lr import LRController
 from zerosr.engine.data import BatchStream
 from zerosr.engine.learner import Learner
@@ -63,7 +63,7 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
             except UserError as error:
                 raise UserError(f"{accelerator.name}: {error}") from None
             why = (f"{len(probes)} real steps on {accelerator.name}: largest fitting "
-                   f"{auto.target_vram_usage:.0%} of {total / 2**30:.1f} GiB")
+                   f"{auto.target_vram_usage:.0%} of {memory_size(total)}")
         else:
             new_lq = lq_size
             per_sample = _bytes_per_sample(cfg, lq_size)
