@@ -24,12 +24,6 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.name])
 
 
-def select_device() -> torch.device:
-    from zerosr.engine.accelerator import current
-
-    return current().device
-
-
 def make_precision(tier_precision: str, accelerator: CpuAccelerator) -> Precision:
     """bf16/fp16 autocast on a GPU (fp16 with a GradScaler; bf16 falls back to fp16 on a card
     without it); fp32 without a GPU, where autocast buys nothing. A simulated card runs the same
