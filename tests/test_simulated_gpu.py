@@ -137,18 +137,23 @@ def poison_gradients_at(monkeypatch, calls: set[int]) -> list[float]:
     return scales
 
 
-@pytest.mark.parametrize("poisoned, skipped, rolled_back", [({3}, 1, False), ({2, 3, 4}, 3, True)])
+# The GradScaler starts at 2**16: 17 overflows take it below 1, where the guard starts counting.
+@pytest.mark.parametrize("poisoned, lowered, skipped, rolled_back",
+                         [({3}, 1, 0, False), (set(range(1, 21)), 17, 3, True)])
 def test_fp16_non_finite_gradients_are_skipped_counted_and_rolled_back(card, data, tmp_path, monkeypatch,
-                                                                       poisoned, skipped, rolled_back):
+                                                                       poisoned, lowered, skipped, rolled_back):
     card(0.5, capability=(7, 5))
     scales = poison_gradients_at(monkeypatch, poisoned)
     run_dir = tmp_path / "run"
+    iterations = 24
     train(compose_config(sim_overrides(data, **{"train.batch_size": 2, "automation.batch.enabled": False,
-                                                "train.lq_size": 8})), run_dir)
-    log = records(run_dir, "automation.jsonl")
-    assert sum("step skipped" in r["reason"] for r in log if r["automation"] == "guard") == skipped
+                                                "train.lq_size": 8, "train.total_iter": iterations,
+                                                "automation.early_stop.enabled": False})), run_dir)
+    log = [r for r in records(run_dir, "automation.jsonl") if r["automation"] == "guard"]
+    assert sum("GradScaler lowered its scale" in r["reason"] for r in log) == lowered  # its normal calibration
+    assert sum("step skipped" in r["reason"] for r in log) == skipped  # broken gradients, counted
     assert any("rolled back" in r["reason"] for r in log) == rolled_back
-    assert len(scales) == 6
+    assert len(scales) == iterations
     if not rolled_back:  # the scaler backed off at the poisoned step only (update ran on the skip)
         assert [scales[i] < scales[i - 1] for i in range(1, 6)] == [i in poisoned for i in range(1, 6)]
     state = load_training_state(sorted((run_dir / "training_state").glob("state_*.pt"))[-1])

@@ -260,9 +260,17 @@ class Trainer:
             stats["loss/discriminator"] = values[-1]
         if maxes:
             stats["peak_mem_bytes"] = maxes[0]
-        # Under fp16 too: a GradScaler would skip the step silently while its scale collapses.
         if not all(map(math.isfinite, values)):
+            scaler = learner.precision.scaler
+            # A GradScaler's overflow at a scale of 1 or more is it finding its scale (its first
+            # steps do this); below 1 the gradients themselves are broken, and the guard counts them.
+            finding_scale = scaler.is_enabled() and math.isfinite(total) and scaler.get_scale() >= 1.0
+            scale = scaler.get_scale() if scaler.is_enabled() else None
             learner.skip()
+            if finding_scale:
+                self.record([Decision(it, "guard", {"grad_scale": (scale, scaler.get_scale())},
+                                      "fp16 gradient overflow: the GradScaler lowered its scale")])
+                return {**stats, "skipped": 1.0}
             return self._skip_nonfinite(it, stats)
         learner.apply()
         stats.update({"grad_norm": norm, "clip_threshold": threshold, "clipped": float(norm > threshold)})
