@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from zerosr.data.realistic import DegradationSettings
+
 
 @dataclass
 class ArchPreset:
@@ -132,6 +134,9 @@ class DataConfig:
     n_val: int = 4  # pairs held out for validation when no val folders are given
     run_iter: int | None = None  # a dataset may ask for a shorter run than the arch preset
     cache: bool = True  # keep decoded images in RAM
+    target_path: Optional[str] = None  # data=realistic: images like those to upscale; calibrates degradation
+    # data=realistic: every range and probability of the degradation pipeline (Real-ESRGAN x4 defaults)
+    degradation: DegradationSettings = field(default_factory=DegradationSettings)
 
 
 @dataclass

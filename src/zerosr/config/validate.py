@@ -54,6 +54,7 @@ def validate(cfg: DictConfig) -> None:
     if (cfg.data.val_gt_path is None) != (cfg.data.val_lq_path is None) and cfg.data.val_lq_path is not None:
         raise UserError("data.val_lq_path is set without data.val_gt_path: give both validation folders")
     check_targets(cfg)
+    _validate_realistic(cfg.data)
 
 
 def check_known_keys(cfg: DictConfig) -> None:
@@ -72,6 +73,18 @@ def check_known_keys(cfg: DictConfig) -> None:
                 walk(child, f"{full}.")
 
     walk(cfg, "")
+
+
+def _validate_realistic(data: DictConfig) -> None:
+    """data=realistic makes its own LR: no LR folders; the degradation keys within bounds."""
+    if data.name != "realistic":
+        _require(data.get("target_path") is None, "data.target_path calibrates the realistic degradations: "
+                 "use it with data=realistic (HR images only)")
+        return
+    for key in ("lq_path", "val_lq_path"):
+        _require(data[key] is None, f"data.{key} is set, but data=realistic makes the LR from the HR images: "
+                 f"drop data.{key} (or use data=paired for your own LR)")
+    OmegaConf.to_object(data.degradation).check()
 
 
 def _validate_automation(auto: DictConfig) -> None:

@@ -97,13 +97,17 @@ def _lq_size_of(gt: Path, lq: Path | None, scale: int) -> Size:
 
 
 class PairImages:
-    """Loads pair i as (gt, lq) arrays in stored depth, HR cropped to LR*scale; optional RAM cache."""
+    """Loads pair i as (gt, lq) arrays in stored depth, HR cropped to LR*scale; optional RAM cache.
 
-    def __init__(self, pairs: Sequence[Pair], scale: int, cache: bool, cache_max_bytes: int | None = None):
+    `hr_only`: lq is None (the LR is made later, e.g. by the realistic degradations)."""
+
+    def __init__(self, pairs: Sequence[Pair], scale: int, cache: bool, cache_max_bytes: int | None = None,
+                 hr_only: bool = False):
         if not pairs:
             raise UserError("the dataset has no images: check the data paths in your config")
         self.pairs = list(pairs)
         self.scale = int(scale)
+        self.hr_only = hr_only
         self.lq_sizes = [_lq_size_of(gt, lq, self.scale) for gt, lq in self.pairs]
         self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
         if cache:
@@ -114,7 +118,7 @@ class PairImages:
 
     def estimated_bytes(self) -> int:
         """Decoded size of all pairs at 8 bits (16-bit files take twice this)."""
-        pixels = sum(h * w * (1 + self.scale**2) for h, w in self.lq_sizes)
+        pixels = sum(h * w * ((not self.hr_only) + self.scale**2) for h, w in self.lq_sizes)
         return 3 * pixels
 
     def _fill_cache(self, cache_max_bytes: int | None) -> None:
@@ -131,13 +135,17 @@ class PairImages:
         # Decoders and the resize matmuls release the GIL, so threads decode in parallel.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             self._cache = list(pool.map(self._decode, range(len(self))))
-        used = sum(gt.nbytes + lq.nbytes for gt, lq in self._cache)
+        used = sum(gt.nbytes + (0 if lq is None else lq.nbytes) for gt, lq in self._cache)
         log.info("cached %d image pairs in RAM (%.1f MiB)", len(self), used / 2**20)
 
-    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         gt_path, lq_path = self.pairs[index]
         lq_h, lq_w = self.lq_sizes[index]
         gt = read_image_raw(gt_path)[: lq_h * self.scale, : lq_w * self.scale]
+        if self.hr_only:
+            if gt.shape[:2] != (lq_h * self.scale, lq_w * self.scale):
+                raise UserError(f"HR image '{gt_path}' decodes to a different size than its header: re-save it")
+            return np.ascontiguousarray(gt), None
         if lq_path is None:
             lq = bicubic_downscale(to_float32(gt), self.scale)
             # Quantised like an LR file on disk would be, so both paths train on the same data.
@@ -148,7 +156,7 @@ class PairImages:
             raise UserError(f"LR image '{lq_path}' decodes to a different size than its header: re-save it")
         return np.ascontiguousarray(gt), lq
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         if self._cache is not None:
             return self._cache[index]
         return self._decode(index)

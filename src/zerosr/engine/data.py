@@ -5,19 +5,28 @@ from (seed, e), and sample `k` of that epoch gets its own augmentation seed. The
 (epoch, position), so a resumed run reads exactly the samples an uninterrupted one would have,
 whatever the batch size or the number of loader workers, and a batch-size change simply makes the
 next batches longer or shorter.
+
+`data=realistic` trains on HR images alone: each sample's LR comes from the degradation pipeline,
+seeded by the sample's key, in the loader workers on the CPU, or on the device when the stream is
+given one (`BatchStream(device=...)`, after the batch arrives). With `data.target_path` the
+pipeline's ranges are first calibrated on the user's target images: `RunData.decisions`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from zerosr.automations.base import Decision
+from zerosr.config.user_set import user_set_keys
 from zerosr.data import (
     PairedImageDataset,
     PairedPatchDataset,
@@ -27,6 +36,9 @@ from zerosr.data import (
     seed_worker,
     split_validation,
 )
+from zerosr.data.calibrate import calibrate, profile_folder
+from zerosr.data.realistic import DegradationSettings
+from zerosr.data.realistic_data import RealisticImageDataset, RealisticPatchDataset
 from zerosr.errors import UserError
 
 
@@ -36,9 +48,12 @@ def cache_dir() -> Path:
 
 @dataclass
 class RunData:
-    train: PairedPatchDataset
-    val: PairedImageDataset
+    train: PairedPatchDataset | RealisticPatchDataset
+    val: PairedImageDataset | RealisticImageDataset
     description: str
+    # Start-up decisions taken while building the data (the degradation calibration): the engine
+    # records them in automation.jsonl with the others.
+    decisions: list[Decision] = field(default_factory=list)
 
 
 def _pairs(gt: str, lq: str | None, scale: int, gt_key: str, lq_key: str) -> list:
@@ -47,8 +62,47 @@ def _pairs(gt: str, lq: str | None, scale: int, gt_key: str, lq_key: str) -> lis
     return pair_images(gt, lq, scale, gt_key=gt_key, lq_key=lq_key)
 
 
+def calibrated_settings(cfg: DictConfig, hr_images: Iterable, user_set: Iterable[str]
+                        ) -> tuple[DegradationSettings, list[Decision]]:
+    """The run's degradation settings: the config's, centred on data.target_path's images if set."""
+    settings = OmegaConf.to_object(cfg.data.degradation)
+    if not cfg.data.target_path:
+        return settings, []
+    target = profile_folder(list_images(cfg.data.target_path, "data.target_path"), str(cfg.data.target_path))
+    settings, decision = calibrate(settings, target, hr_images, int(cfg.scale), user_set)
+    return settings, [decision]
+
+
+def calibration_line(decision: Decision) -> str:
+    """The start-up screen's line for a calibration."""
+    changes = ", ".join(f"{key} {new}" for key, (_, new) in decision.change.items()) or "no range changed"
+    return f"degradation  calibrated: {changes} ({decision.reason})"
+
+
+def _build_realistic(cfg: DictConfig) -> RunData:
+    data, scale = cfg.data, int(cfg.scale)
+    train_paths = list_images(data.gt_path, "data.gt_path")
+    if data.val_gt_path:
+        val_paths = list_images(data.val_gt_path, "data.val_gt_path")
+    else:
+        train_paths, val_paths = split_validation(train_paths, max(1, data.n_val), seed=cfg.train.seed)
+    train = RealisticPatchDataset(train_paths, scale, cfg.train.lq_size, OmegaConf.to_object(data.degradation),
+                                  cache=data.cache)
+    count = len(train.images)
+    hr_images = [train.images[i * count // min(count, 32)][0] for i in range(min(count, 32))]
+    train.settings, decisions = calibrated_settings(cfg, hr_images, user_set_keys("data.degradation"))
+    for decision in decisions:
+        print(calibration_line(decision), flush=True)
+    val = RealisticImageDataset(val_paths, scale, train.settings, cache=data.cache)
+    origin = f"{data.gt_path} (realistic LR{', calibrated on ' + str(data.target_path) if data.target_path else ''})"
+    return RunData(train, val, f"{len(train_paths)} training / {len(val_paths)} validation images, {origin}",
+                   decisions)
+
+
 def build_data(cfg: DictConfig) -> RunData:
     data, scale = cfg.data, cfg.scale
+    if data.name == "realistic":
+        return _build_realistic(cfg)
     if data.name == "demo" and data.gt_path is None:
         folders = ensure_demo_dataset(cache_dir() / f"demo_x{scale}", scale=scale)
         train_pairs = pair_images(folders["train_gt"], folders["train_lq"], scale)
@@ -101,8 +155,16 @@ class BatchStream:
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0,
-                 pin_memory: bool = False, prefetch_factor: int = 2, rank: int = 0, world_size: int = 1):
+                 pin_memory: bool = False, prefetch_factor: int = 2, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str | None = None):
         self.dataset = _SeededSamples(dataset)
+        # A dataset that makes its LR per batch (data=realistic) does it in the loader workers, or,
+        # given a GPU, on the device once the HR batch is there (next_batch).
+        self.device = torch.device(device) if device is not None else None
+        self.degrade_on_device = (self.device is not None and self.device.type != "cpu"
+                                  and hasattr(dataset, "degrade"))
+        collate = getattr(dataset, "collate", None)
+        self.collate = None if collate is None else functools.partial(collate, degrade=not self.degrade_on_device)
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
@@ -132,6 +194,7 @@ class BatchStream:
         loader = DataLoader(
             self.dataset, batch_sampler=self._batches_from(self.epoch, self.position),
             num_workers=self.num_workers, pin_memory=self.pin_memory, worker_init_fn=_init_worker,
+            collate_fn=self.collate,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
             persistent_workers=False)
         self._iterator = iter(loader)
@@ -141,6 +204,9 @@ class BatchStream:
         if self._iterator is None:
             self._restart()
         batch = next(self._iterator)
+        if self.degrade_on_device:
+            batch["gt"] = batch["gt"].to(self.device, non_blocking=True)
+            batch["lq"] = self.dataset.inner.degrade(batch["gt"], batch["degrade_seed"], self.device)
         self.epoch, self.position = divmod(self.epoch * len(self.dataset) + self.position
                                            + len(batch["index"]) * self.world_size, len(self.dataset))
         return batch
