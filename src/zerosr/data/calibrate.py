@@ -32,7 +32,7 @@ BLUR_KEYS = ("blur_sigma", "blur_sigma2")
 JPEG_KEYS = ("jpeg_range", "jpeg_range2")
 MAX_TARGET_IMAGES = 64
 CALIBRATION_SAMPLES = 32
-CALIBRATION_ROUNDS = 4
+CALIBRATION_ROUNDS = 6
 
 
 @dataclass
@@ -134,11 +134,11 @@ def calibrate(settings: DegradationSettings, target: TargetProfile, hr_images: I
             if not fixed(key) and target_blur is not None:
                 setattr(new, key, _clamp(min(0.2, blur_gain * default_high), blur_gain * default_high, SAFETY["blur"]))
         out_noise, out_blur = _measure(new, hr, scale)
-        # Multiplicative steps, at most x2 a round; a floor keeps a sharp or clean target finite.
-        noise_gain *= float(np.clip(max(np.median(noise), 0.5) / max(out_noise, 0.5), 0.5, 2.0))
+        # Multiplicative steps, at most x3 a round; a floor keeps a sharp or clean target finite.
+        noise_gain *= float(np.clip(max(np.median(noise), 0.5) / max(out_noise, 0.5), 1 / 3, 3.0))
         if target_blur is not None and out_blur is not None:
-            blur_gain *= float(np.clip(max(target_blur, 0.2) / max(out_blur, 0.2), 0.5, 2.0))
-        noise_gain, blur_gain = float(np.clip(noise_gain, 0.02, 4.0)), float(np.clip(blur_gain, 0.05, 1.5))
+            blur_gain *= float(np.clip(max(target_blur, 0.2) / max(out_blur, 0.2), 1 / 3, 3.0))
+        noise_gain, blur_gain = float(np.clip(noise_gain, 0.02, 20.0)), float(np.clip(blur_gain, 0.05, 1.5))
 
     change = {}
     for key in NOISE_KEYS + BLUR_KEYS + JPEG_KEYS:
