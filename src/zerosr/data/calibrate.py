@@ -31,7 +31,7 @@ NOISE_KEYS = ("noise_range", "noise_range2", "poisson_scale_range", "poisson_sca
 BLUR_KEYS = ("blur_sigma", "blur_sigma2")
 JPEG_KEYS = ("jpeg_range", "jpeg_range2")
 MAX_TARGET_IMAGES = 64
-CALIBRATION_SAMPLES = 32
+CALIBRATION_SAMPLES = 64
 CALIBRATION_ROUNDS = 6
 
 
@@ -89,10 +89,14 @@ def _crops(images: Iterable[np.ndarray], scale: int, side: int, count: int) -> t
     return torch.stack(crops)
 
 
-def _measure(settings: DegradationSettings, hr: torch.Tensor, scale: int) -> tuple[float, float]:
-    lr = degrade_batch(hr, list(range(hr.shape[0])), settings, scale)
+def _measure(settings: DegradationSettings, hr: torch.Tensor, scale: int, round_: int) -> tuple[float, float]:
+    """Mean noise and median blur of the pipeline's output. The mean, because the recipe's output
+    noise is a mixture (a sinc filter or a resize can wipe one sample's noise out) whose median
+    jumps between seed sets; fresh seeds each round, so the ranges do not fit one set's luck."""
+    seeds = [round_ * hr.shape[0] + i for i in range(hr.shape[0])]
+    lr = degrade_batch(hr, seeds, settings, scale)
     pixels = [img.permute(1, 2, 0).numpy() * 255.0 for img in lr]
-    return float(np.median([noise_sigma(p) for p in pixels])), _median([blur_sigma(p) for p in pixels])
+    return float(np.mean([noise_sigma(p) for p in pixels])), _median([blur_sigma(p) for p in pixels])
 
 
 def calibrate(settings: DegradationSettings, target: TargetProfile, hr_images: Iterable[np.ndarray], scale: int,
@@ -122,7 +126,8 @@ def calibrate(settings: DegradationSettings, target: TargetProfile, hr_images: I
     hr = _crops(hr_images, scale, side=96 * scale, count=CALIBRATION_SAMPLES)
     noise_gain, blur_gain = 1.0, 1.0
     out_noise, out_blur = 0.0, None
-    for _ in range(CALIBRATION_ROUNDS):
+    target_noise = float(np.mean(noise))
+    for round_ in range(CALIBRATION_ROUNDS):
         for key in ("noise_range", "noise_range2"):
             if not fixed(key):
                 setattr(new, key, _clamp(noise_gain * noise_low, noise_gain * noise_high, SAFETY["noise"]))
@@ -133,9 +138,9 @@ def calibrate(settings: DegradationSettings, target: TargetProfile, hr_images: I
         for key, default_high in (("blur_sigma", settings.blur_sigma[1]), ("blur_sigma2", settings.blur_sigma2[1])):
             if not fixed(key) and target_blur is not None:
                 setattr(new, key, _clamp(min(0.2, blur_gain * default_high), blur_gain * default_high, SAFETY["blur"]))
-        out_noise, out_blur = _measure(new, hr, scale)
+        out_noise, out_blur = _measure(new, hr, scale, round_)
         # Multiplicative steps, at most x3 a round; a floor keeps a sharp or clean target finite.
-        noise_gain *= float(np.clip(max(np.median(noise), 0.5) / max(out_noise, 0.5), 1 / 3, 3.0))
+        noise_gain *= float(np.clip(max(target_noise, 0.5) / max(out_noise, 0.5), 1 / 3, 3.0))
         if target_blur is not None and out_blur is not None:
             blur_gain *= float(np.clip(max(target_blur, 0.2) / max(out_blur, 0.2), 1 / 3, 3.0))
         noise_gain, blur_gain = float(np.clip(noise_gain, 0.02, 20.0)), float(np.clip(blur_gain, 0.05, 1.5))

@@ -49,10 +49,13 @@ def preview(hr_dir: str, out_dir: str, count: int, seed: int, overrides: list[st
     from zerosr.data.pairing import list_images
     from zerosr.data.realistic_data import RealisticPatchDataset
     from zerosr.engine.data import calibrated_settings, calibration_line
+    from zerosr.errors import UserError
 
+    if not Path(hr_dir).is_dir():
+        raise UserError(f"'{hr_dir}' is not a folder: give a folder of HR images to preview")
     cfg = compose_config(["data=realistic", f"data.gt_path={hr_dir}", *overrides])
     validate(cfg)
-    dataset = RealisticPatchDataset(list_images(hr_dir, "HR_DIR of preview"), cfg.scale, cfg.train.lq_size, None,
+    dataset = RealisticPatchDataset(list_images(hr_dir, "HR_DIR"), cfg.scale, cfg.train.lq_size, None,
                                     augment=True, cache=False)
     step = max(1, len(dataset.images) // 32)
     images = [dataset.images[i][0] for i in range(0, len(dataset.images), step)][:32]
