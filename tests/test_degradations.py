@@ -239,3 +239,11 @@ def test_preview_writes_pairs_as_the_run_makes_them(hr_folder, tmp_path):
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert bad.returncode == 2 and len(errors) == 1 and "is not a folder" in errors[0]
     assert "Traceback" not in bad.stderr
+
+
+def test_doctor_reports_a_missing_target_folder(hr_folder, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "zerosr.doctor", "data=realistic", f"data.gt_path={hr_folder}",
+                           f"data.target_path={tmp_path / 'nope'}", "train.lq_size=16"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert any(line.startswith("error: data.target_path:") for line in done.stderr.splitlines()), done.stderr

@@ -317,6 +317,13 @@ def check_run(cfg: DictConfig) -> Report:
         except UserError as err:
             report.errors.append(str(err))
     _check_patch(pairs, lq_size, report)
+    if cfg.data.get("target_path"):  # data=realistic calibration: a folder of images is all it needs
+        from zerosr.data.pairing import list_images
+
+        try:
+            list_images(cfg.data.target_path, "data.target_path")
+        except UserError as err:
+            report.errors.append(str(err))
     _check_weights(cfg, report)
     report.seconds = time.perf_counter() - started
     return report
