@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from zerosr.data.realistic import DegradationSettings
+from zerosr.degradation_settings import DegradationSettings
 
 
 @dataclass
@@ -126,7 +126,7 @@ class AutomationConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # demo | paired
+    name: str = MISSING  # demo | paired | realistic
     gt_path: str | None = None  # folder of HR images
     lq_path: str | None = None  # omitted: LR made from HR by bicubic downscaling
     val_gt_path: str | None = None  # folder of validation HR images (else pairs are held out)
@@ -134,7 +134,7 @@ class DataConfig:
     n_val: int = 4  # pairs held out for validation when no val folders are given
     run_iter: int | None = None  # a dataset may ask for a shorter run than the arch preset
     cache: bool = True  # keep decoded images in RAM
-    target_path: Optional[str] = None  # data=realistic: images like those to upscale; calibrates degradation
+    target_path: str | None = None  # data=realistic: images like those to upscale; calibrates degradation
     # data=realistic: every range and probability of the degradation pipeline (Real-ESRGAN x4 defaults)
     degradation: DegradationSettings = field(default_factory=DegradationSettings)
 

@@ -7,6 +7,7 @@ import dataclasses
 from omegaconf import DictConfig, OmegaConf
 
 from zerosr.config.targets import check_loader, check_targets
+from zerosr.degradation_settings import DegradationSettings
 from zerosr.errors import UserError
 
 SCALES = (2, 3, 4, 8)
@@ -84,7 +85,7 @@ def _validate_realistic(data: DictConfig) -> None:
     for key in ("lq_path", "val_lq_path"):
         _require(data[key] is None, f"data.{key} is set, but data=realistic makes the LR from the HR images: "
                  f"drop data.{key} (or use data=paired for your own LR)")
-    OmegaConf.to_object(data.degradation).check()
+    DegradationSettings.from_config(data.degradation).check()
 
 
 def _validate_automation(auto: DictConfig) -> None:

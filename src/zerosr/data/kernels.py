@@ -13,7 +13,10 @@ from functools import lru_cache
 
 import numpy as np
 
-KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
+from zerosr.degradation_settings import KERNEL_TYPES
+
+__all__ = ["KERNEL_TYPES", "gaussian_kernel", "generalized_gaussian_kernel", "plateau_kernel", "random_blur_kernel",
+           "sinc_kernel", "pad_kernel"]
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from functools import lru_cache
-from dataclasses import dataclass, field, fields
-from typing import List, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -27,88 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from zerosr.data.jpeg import jpeg_roundtrip
-from zerosr.data.kernels import KERNEL_TYPES, pad_kernel, random_blur_kernel, sinc_kernel
-from zerosr.errors import UserError
+from zerosr.data.kernels import pad_kernel, random_blur_kernel, sinc_kernel
+from zerosr.degradation_settings import DegradationSettings
 
-RESIZE_MODES = ("area", "bilinear", "bicubic")
-
-
-def _kernels() -> List[str]:
-    return list(KERNEL_TYPES)
-
-
-def _values(*values: float):
-    return field(default_factory=lambda: list(values))
-
-
-@dataclass
-class DegradationSettings:
-    """Every range and probability of the pipeline; defaults are the published Real-ESRGAN x4 values.
-
-    Noise sigmas are on the 0-255 scale; qualities 1-100; blur sigmas in pixels of the image they
-    blur (the HR for the first round). Keys ending in 2 are the second round's."""
-
-    blur_kernel_size: int = 21  # largest kernel; each sample draws an odd size from 7 up to this
-    kernel_list: List[str] = field(default_factory=_kernels)
-    kernel_prob: List[float] = _values(0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
-    sinc_prob: float = 0.1
-    blur_sigma: List[float] = _values(0.2, 3.0)
-    betag_range: List[float] = _values(0.5, 4.0)
-    betap_range: List[float] = _values(1.0, 2.0)
-    resize_prob: List[float] = _values(0.2, 0.7, 0.1)  # up, down, keep
-    resize_range: List[float] = _values(0.15, 1.5)
-    resize_modes: List[str] = field(default_factory=lambda: list(RESIZE_MODES))
-    gaussian_noise_prob: float = 0.5  # else Poisson
-    noise_range: List[float] = _values(1.0, 30.0)
-    poisson_scale_range: List[float] = _values(0.05, 3.0)
-    gray_noise_prob: float = 0.4
-    jpeg_range: List[float] = _values(30.0, 95.0)
-    webp_prob: float = 0.0  # share of compressions done as WebP (not in Real-ESRGAN; CPU codec)
-    second_order_prob: float = 1.0
-    second_blur_prob: float = 0.8
-    kernel_list2: List[str] = field(default_factory=_kernels)
-    kernel_prob2: List[float] = _values(0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
-    sinc_prob2: float = 0.1
-    blur_sigma2: List[float] = _values(0.2, 1.5)
-    betag_range2: List[float] = _values(0.5, 4.0)
-    betap_range2: List[float] = _values(1.0, 2.0)
-    resize_prob2: List[float] = _values(0.3, 0.4, 0.3)
-    resize_range2: List[float] = _values(0.3, 1.2)  # relative to the final LR size
-    gaussian_noise_prob2: float = 0.5
-    noise_range2: List[float] = _values(1.0, 25.0)
-    poisson_scale_range2: List[float] = _values(0.05, 2.5)
-    gray_noise_prob2: float = 0.4
-    jpeg_range2: List[float] = _values(30.0, 95.0)  # the final compression
-    final_sinc_prob: float = 0.8
-
-    def check(self, prefix: str = "data.degradation") -> None:
-        """Raise UserError naming the first bad key and its fix."""
-        for f in fields(self):
-            value, key = getattr(self, f.name), f"{prefix}.{f.name}"
-            if isinstance(value, float) and "prob" in f.name and not 0.0 <= value <= 1.0:
-                raise UserError(f"{key}={value} must be a probability in [0, 1]")
-            if f.name.endswith(("_range", "_range2", "blur_sigma", "blur_sigma2")):
-                if len(value) != 2 or not 0.0 <= value[0] <= value[1]:
-                    raise UserError(f"{key}={list(value)} must be [low, high] with 0 <= low <= high")
-        for suffix in ("", "2"):
-            kinds, probs = getattr(self, "kernel_list" + suffix), getattr(self, "kernel_prob" + suffix)
-            unknown = sorted(set(kinds) - set(KERNEL_TYPES))
-            if unknown or len(kinds) != len(probs) or not kinds or min(probs) < 0 or sum(probs) <= 0:
-                raise UserError(f"{prefix}.kernel_list{suffix}={list(kinds)} with kernel_prob{suffix}="
-                                f"{list(probs)}: give one non-negative probability per kernel, kernels from "
-                                f"{', '.join(KERNEL_TYPES)}")
-            resize = getattr(self, "resize_prob" + suffix)
-            if len(resize) != 3 or min(resize) < 0 or sum(resize) <= 0:
-                raise UserError(f"{prefix}.resize_prob{suffix}={list(resize)} must be three non-negative "
-                                "weights: [up, down, keep]")
-            quality = getattr(self, "jpeg_range" + suffix)
-            if not 1 <= quality[0] <= quality[1] <= 100:
-                raise UserError(f"{prefix}.jpeg_range{suffix}={list(quality)} must lie within [1, 100]")
-        if sorted(set(self.resize_modes) - set(RESIZE_MODES)) or not self.resize_modes:
-            raise UserError(f"{prefix}.resize_modes={list(self.resize_modes)}: use some of {', '.join(RESIZE_MODES)}")
-        if self.blur_kernel_size % 2 == 0 or not 7 <= self.blur_kernel_size <= 41:
-            raise UserError(f"{prefix}.blur_kernel_size={self.blur_kernel_size} must be odd, from 7 to 41")
-
+__all__ = ["DegradationSettings", "degrade_batch", "draw_params", "filter_batch"]
 
 # --------------------------------------------------------------------------- per-sample parameters
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from zerosr.automations.base import Decision
@@ -65,7 +65,7 @@ def _pairs(gt: str, lq: str | None, scale: int, gt_key: str, lq_key: str) -> lis
 def calibrated_settings(cfg: DictConfig, hr_images: Iterable, user_set: Iterable[str]
                         ) -> tuple[DegradationSettings, list[Decision]]:
     """The run's degradation settings: the config's, centred on data.target_path's images if set."""
-    settings = OmegaConf.to_object(cfg.data.degradation)
+    settings = DegradationSettings.from_config(cfg.data.degradation)
     if not cfg.data.target_path:
         return settings, []
     target = profile_folder(list_images(cfg.data.target_path, "data.target_path"), str(cfg.data.target_path))
@@ -86,7 +86,7 @@ def _build_realistic(cfg: DictConfig) -> RunData:
         val_paths = list_images(data.val_gt_path, "data.val_gt_path")
     else:
         train_paths, val_paths = split_validation(train_paths, max(1, data.n_val), seed=cfg.train.seed)
-    train = RealisticPatchDataset(train_paths, scale, cfg.train.lq_size, OmegaConf.to_object(data.degradation),
+    train = RealisticPatchDataset(train_paths, scale, cfg.train.lq_size, DegradationSettings.from_config(data.degradation),
                                   cache=data.cache)
     count = len(train.images)
     hr_images = [train.images[i * count // min(count, 32)][0] for i in range(min(count, 32))]
