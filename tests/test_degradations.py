@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -211,6 +212,8 @@ def test_realistic_run_trains_end_to_end(hr_folder, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert sum(line.startswith("degradation  calibrated") for line in done.stdout.splitlines()) == 1
     assert list((tmp_path / "run" / "models").glob("net_g_ema_*.safetensors"))
+    decisions = [json.loads(line) for line in (tmp_path / "run" / "automation.jsonl").read_text().splitlines()]
+    assert [d["iter"] for d in decisions if d["automation"] == "degradation"] == [0]  # one line, at start-up
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -44,6 +44,7 @@ def start_up(trainer: Trainer) -> None:
     """Fresh runs only: measure the batch size, analyse the data, optionally find the LR. Under
     torchrun rank 0 measures on its own and every rank adopts what it found."""
     suite, cfg, learner = trainer.suite, trainer.cfg, trainer.learner
+    trainer.record(trainer.data.decisions)  # taken while the data was built (degradation calibration)
     if distributed.is_main():
         user_set = user_set_keys("train")
         if suite.batch.enabled and "batch_size" not in user_set:
