@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import sqlite3
 import subprocess
@@ -130,6 +131,9 @@ def test_torchrun_two_cpu_ranks_share_one_run_and_resume(data, tmp_path):
     if out.returncode != 0 and "terminate called without an active exception" in out.stderr:
         # Known open defect: a gloo rank sometimes aborts in C++ on this resume (about 1 run in 7
         # here); the resume itself must then still succeed from the same state.
+        for failed in (tmp_path / "outputs" / "paragonsr2_nano_x2").iterdir():
+            if failed != run:
+                shutil.rmtree(failed)
         out = train_py(*overrides, "train.resume=auto", "train.total_iter=9", cwd=tmp_path, launcher=TORCHRUN)
     assert out.returncode == 0, out.stderr[-3000:]
     second = [r for r in (tmp_path / "outputs" / "paragonsr2_nano_x2").iterdir() if r != run]
