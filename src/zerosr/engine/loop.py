@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from omegaconf import DictConfig
 
@@ -95,6 +96,7 @@ class Trainer:
         self.stop_agreed = False  # ... and agreed by every rank at the last step
         self.time_up = False  # train.max_minutes spent
         self.progress: Progress | None = None
+        self.process_started = psutil.Process().create_time()  # validations record the wall time since
 
     # --- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -313,6 +315,7 @@ class Trainer:
         # Rank 0 validates and shares the metrics: early stop and the LR see the same numbers everywhere.
         learner = self.learner
         metrics = distributed.on_main(lambda: self.validator(learner.ema.module, self.iteration, learner.channels_last))
+        metrics["time/elapsed_s"] = time.time() - self.process_started
         self.logger.log_validation(self.iteration, metrics)
         self.last_val = metrics
         self.record(self.suite.on_validation(self.iteration, metrics))
