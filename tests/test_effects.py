@@ -5,6 +5,7 @@ model sees, the number of optimizer steps. A decision that is only logged fails 
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -41,18 +42,39 @@ def on_optimizer_step(trainer: Trainer, record) -> None:
 
 
 def test_the_lr_decision_is_the_lr_the_optimizer_steps_with(make_trainer):
-    # No relative gain reaches 100 %: once the loss smoothing has its 20 steps, the factor halves
-    # every 4 steps.
+    # No relative gain reaches 100 %: after the first two 20-step windows (the first is the best)
+    # the factor halves; the cool-down then takes the last quarter of the run down to near zero.
     trainer = make_trainer(**{"automation.lr.plateau_patience": 4, "automation.lr.improvement_threshold": 1.0,
-                              "train.warmup_iter": 0, "train.total_iter": 40})
+                              "automation.lr.cooldown_fraction": 0.25, "train.warmup_iter": 0,
+                              "train.total_iter": 80})
     used, wanted = [], []
     on_optimizer_step(trainer, lambda optimizer: used.append(optimizer.param_groups[0]["lr"]))
-    for _ in range(30):
+    while trainer.iteration < trainer.suite.lr.end_iter:
         wanted.append(trainer.suite.lr.lr_at(trainer.iteration + 1))
         trainer.step()
     assert trainer.suite.lr.factor < 1.0  # the controller did cut
     assert used == pytest.approx(wanted, rel=1e-12)
-    assert min(used) < max(used)
+    assert used[59] == pytest.approx(trainer.suite.lr.factor * trainer.suite.lr.base_lr)  # iteration 60
+    assert all(a > b for a, b in zip(used[59:], used[60:])) and used[-1] < 0.2 * used[59]  # 61..80 cool down
+
+
+def test_a_time_budget_begins_the_cool_down_the_optimizer_follows(make_trainer):
+    trainer = make_trainer(**{"automation.lr.cooldown_fraction": 0.2, "automation.early_stop.enabled": False,
+                              "train.warmup_iter": 0, "train.total_iter": 100})
+    for _ in range(12):
+        trainer.step()
+    # 80 % of the loop's time spent after 12 of this process's iterations: the cool-down is due now
+    # and holds the 12 * 0.2 / 0.8 = 3 iterations the remaining time is worth.
+    now = time.perf_counter()
+    trainer.set_deadline(now + 1000.0, now - 4000.0)
+    trainer.loop_began_at = 0
+    used = []
+    on_optimizer_step(trainer, lambda optimizer: used.append(optimizer.param_groups[0]["lr"]))
+    while trainer.iteration < trainer.suite.lr.end_iter:
+        trainer.step()
+    assert trainer.suite.lr.end_iter == trainer.iteration == 16
+    assert [d.reason.split(":")[0] for d in trainer.decisions if "end_iter" in d.change] == ["time budget"]
+    assert used[0] == pytest.approx(trainer.suite.lr.base_lr) and used[1] > used[2] > used[3] > 0
 
 
 def test_the_clip_threshold_bounds_the_gradient_that_steps(make_trainer):
@@ -113,8 +135,9 @@ def test_an_early_stop_ends_the_optimizer_steps(data, tmp_path, monkeypatch):
     monkeypatch.setattr(loop.Trainer, "__init__", init)
     overrides = auto_overrides(data, **{"train.total_iter": 30, "train.val_freq": 2,
                                         "automation.early_stop.patience": 4, "automation.early_stop.min_iter": 6,
-                                        "automation.early_stop.min_delta": 100.0})
+                                        "automation.early_stop.min_delta": 100.0, "automation.lr.cooldown_fraction": 0.5})
     train(compose_config(overrides), tmp_path / "run")
-    # First validation (2) is the best; nothing beats it by 100 dB, patience 4 -> stop at 6 (min_iter).
-    assert len(counted) == 6
-    assert sorted(p.name for p in (tmp_path / "run" / "training_state").glob("*.pt"))[-1] == "state_00000006.pt"
+    # First validation (2) is the best; nothing beats it by 100 dB, patience 4 -> stop at 6 (min_iter),
+    # then a cool-down of half the 6 iterations done.
+    assert len(counted) == 9
+    assert sorted(p.name for p in (tmp_path / "run" / "training_state").glob("*.pt"))[-1] == "state_00000009.pt"

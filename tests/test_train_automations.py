@@ -74,8 +74,9 @@ def test_no_improvement_stops_early_with_best_kept(data, tmp_path):
                                 "automation.early_stop.min_iter": 6, "automation.early_stop.min_delta": 100.0}),
         tmp_path / "run")
     vals = [r["iter"] for r in records(tmp_path / "run", "metrics.jsonl") if "val/psnr" in r]
-    # First validation (2) is the best; nothing beats it by 100 dB, patience 4 -> stop at 6 (min_iter).
-    assert vals[-1] == 6
+    # First validation (2) is the best; nothing beats it by 100 dB, patience 4 -> stop at 6 (min_iter),
+    # then the cool-down: 20 % of the 6 iterations done, rounded to 1.
+    assert vals[-1] == 7
     assert (tmp_path / "run" / "models" / "best.safetensors").exists()
 
 

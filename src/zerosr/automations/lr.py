@@ -1,19 +1,28 @@
-"""Learning rate: a warm-up ramp, then a factor on the base LR adapted from real measurements.
+"""Learning rate: a warm-up ramp, a factor on the base LR adapted from real measurements, and a
+cool-down that ends the run.
 
-`lr_at(i) = base_lr * warmup_ramp(i) * factor`, with `factor` always in
+`lr_at(i) = base_lr * warmup_ramp(i) * factor * cooldown(i)`, with `factor` always in
 [min_lr_factor, max_lr_factor]. The factor moves only for a stated reason:
 
-- plateau: the EMA-smoothed training loss has not improved by `improvement_threshold` (relative)
-  for `plateau_patience` iterations, or validation PSNR has not (same relative threshold, at least
-  two validations in a row and `plateau_patience` iterations) -> factor * reduce_factor;
-- blow-up: the smoothed loss exceeds `blowup_factor` times its best -> factor * reduce_factor,
-  then `cooldown` iterations in which nothing else moves it;
+- plateau: for `plateau_patience` iterations no window of steps had a mean training loss
+  significantly below the best window's (by `PLATEAU_Z` standard errors of the difference, and by
+  `improvement_threshold` relative: smaller gains are what batch noise gives), or validation PSNR
+  has not improved by that relative threshold for two validations and `plateau_patience`
+  iterations -> factor * reduce_factor;
+- blow-up: the EMA-smoothed loss exceeds `blowup_factor` times its best -> factor * reduce_factor,
+  then `blowup_hold` iterations in which nothing else moves it;
 - batch change: square-root rule, factor * sqrt(new / old);
-- repeated non-finite steps: roll back to the last good state and reduce, with a cool-down.
+- repeated non-finite steps: roll back to the last good state and reduce, then hold.
 
-Steady improvement holds the factor. With `enabled=false` the controller gives the project's fixed
-schedule (warm-up then cosine, `zerosr.automations.schedule.scheduled_lr`); only the non-finite rollback
-still lowers it, because that is fault handling, not tuning.
+The cool-down: over the last `cooldown_fraction` of the run the LR falls from its level to zero
+along 1 - sqrt(progress). It knows where the run ends: `train.total_iter`; or earlier, when early
+stopping fires (the stop begins a cool-down of `cooldown_fraction` of the iterations done instead
+of cutting the run) or when `train.max_minutes` says only that share of the time is left
+(`finish_in`). `end_iter` is where the run ends; the loop reads it. No plateau cut in a cool-down.
+
+With `enabled=false` the controller gives the project's fixed schedule (warm-up then cosine,
+`zerosr.automations.schedule.scheduled_lr`); only the non-finite rollback still lowers it, because
+that is fault handling, not tuning; an early stop then ends the run at once.
 
 `lr_range_test` is the optional start-of-run LR finder (Lightning-style); it takes callables, so
 it needs no trainer and is tested with a synthetic loss curve.
@@ -41,6 +50,9 @@ NONFINITE_WINDOW = 100
 # Validations in a row without a better PSNR before they count as a plateau: one noisy
 # validation is not a plateau.
 PSNR_MISSES_FOR_PLATEAU = 2
+# A window-mean gain under this many standard errors is what batch noise alone gives (a flat
+# loss beats it ~2 % of the time).
+PLATEAU_Z = 2.0
 
 
 # --- pure maths ----------------------------------------------------------------------------------
@@ -76,6 +88,30 @@ def improved(value: float, best: float | None, rel_threshold: float, higher_is_b
     return value > best + margin if higher_is_better else value < best - margin
 
 
+def significant_gain(best, window, rel_threshold: float, z: float = PLATEAU_Z) -> bool:
+    """Whether the window mean `window` = (mean, standard error) is below `best` (the same, or None)
+    by more than `z` standard errors of the difference and by more than `rel_threshold` of |best|."""
+    if best is None:
+        return True
+    gain = best[0] - window[0]
+    return gain > z * math.hypot(best[1], window[1]) and gain > rel_threshold * abs(best[0])
+
+
+def window_stats(total: float, total_sq: float, n: int) -> tuple[float, float]:
+    """(mean, standard error of the mean) of `n` values from their sum and sum of squares."""
+    mean = total / n
+    variance = max(total_sq / n - mean * mean, 0.0) * n / max(n - 1, 1)
+    return mean, math.sqrt(variance / n)
+
+
+def cooldown_scale(iteration: int, start: int, end: int) -> float:
+    """1 up to `start`, then 1 - sqrt(progress) to just above 0 at `end` (the last step still moves)."""
+    if iteration <= start or end <= start:
+        return 1.0
+    progress = min(1.0, (iteration - start) / (end - start + 1))
+    return 1.0 - math.sqrt(progress)
+
+
 def blew_up(smoothed: float, best: float | None, blowup_factor: float) -> bool:
     return best is not None and best > 0 and smoothed > blowup_factor * best
 
@@ -89,9 +125,9 @@ def sqrt_batch_scale(old_batch: int, new_batch: int) -> float:
 
 class LRController(Automation):
     name = "lr"
-    STATE = ("base_lr", "factor", "smoothed", "best_loss", "last_loss_improvement", "best_psnr",
-             "last_psnr_improvement", "psnr_misses", "cooldown_until", "steps_seen", "nonfinite_iters",
-             "rollbacks", "rollback_pending", "give_up")
+    STATE = ("base_lr", "factor", "smoothed", "best_loss", "window_sum", "window_sum_sq", "window_n",
+             "best_window", "last_loss_improvement", "best_psnr", "last_psnr_improvement", "psnr_misses", "hold_until", "steps_seen",
+             "nonfinite_iters", "rollbacks", "rollback_pending", "give_up", "cut")
 
     def __init__(self, cfg, base_lr: float, total_iter: int, warmup_iter: int):
         super().__init__(param(cfg, "enabled", True))
@@ -100,7 +136,8 @@ class LRController(Automation):
         self.reduce_factor = float(param(cfg, "reduce_factor", 0.5))
         self.threshold = float(param(cfg, "improvement_threshold", 1e-3))
         self.blowup_factor = float(param(cfg, "blowup_factor", 2.0))
-        self.cooldown = int(param(cfg, "cooldown"))
+        self.blowup_hold = int(param(cfg, "blowup_hold"))
+        self.cooldown_fraction = float(param(cfg, "cooldown_fraction", 0.0))
         self.min_factor = float(param(cfg, "min_lr_factor"))
         self.max_factor = float(param(cfg, "max_lr_factor"))
         if not 0 < self.min_factor <= 1 <= self.max_factor:
@@ -108,23 +145,61 @@ class LRController(Automation):
                             f"{self.min_factor} and {self.max_factor}: fix the override")
         if not 0 < self.reduce_factor < 1:
             raise UserError(f"automation.lr.reduce_factor={self.reduce_factor} must be in (0, 1)")
+        if not 0 <= self.cooldown_fraction < 1:
+            raise UserError(f"automation.lr.cooldown_fraction={self.cooldown_fraction} must be in [0, 1)")
         self.window = smoothing_window(self.patience)
         self.alpha = ema_alpha(self.window)
         self.preset_lr = float(base_lr)
         self.base_lr = float(base_lr)
         self.factor = 1.0
-        self.smoothed: float | None = None
+        self.smoothed: float | None = None  # EMA of the loss: the blow-up test
         self.best_loss: float | None = None
+        # The plateau test: the loss summed over the current window of steps, and the best
+        # finished window's [mean, standard error].
+        self.window_sum = self.window_sum_sq = 0.0
+        self.window_n = 0
+        self.best_window: list[float] | None = None
         self.last_loss_improvement = 0
         self.best_psnr: float | None = None
         self.last_psnr_improvement = 0
         self.psnr_misses = 0
-        self.cooldown_until = 0
+        self.hold_until = 0
         self.steps_seen = 0
         self.nonfinite_iters: list[int] = []
         self.rollbacks = 0
         self.rollback_pending = False
         self.give_up = False  # rolled back at the floor LR: the loop should stop with an error
+        self.cut: list[int] | None = None  # [cool-down start, end] when the run ends before total_iter
+
+    # where the run ends ---------------------------------------------------------------------------
+    def cooldown_length(self, iterations: int) -> int:
+        return int(round(self.cooldown_fraction * iterations)) if self.enabled else 0
+
+    @property
+    def end_iter(self) -> int:
+        """The iteration the run ends at: total_iter, or earlier after an early stop or a time budget."""
+        return self.total_iter if self.cut is None else self.cut[1]
+
+    @property
+    def cooldown_start(self) -> int:
+        return self.total_iter - self.cooldown_length(self.total_iter) if self.cut is None else self.cut[0]
+
+    def cooling_down(self, iteration: int) -> bool:
+        return self.enabled and iteration > self.cooldown_start
+
+    def finish_in(self, iteration: int, iterations_left: int, reason: str) -> list[Decision]:
+        """End the run `iterations_left` after `iteration`, cooling down over them (disabled: end
+        now). Only ever moves the end earlier, and never once a cool-down has begun."""
+        end = iteration + (int(iterations_left) if self.enabled else 0)
+        if end >= self.end_iter or self.cooling_down(iteration):
+            return []
+        old_end, self.cut = self.end_iter, [int(iteration), int(end)]
+        what = f"cool-down over iterations {iteration + 1}-{end}" if end > iteration else "the run ends now"
+        return [self.decision(iteration, f"{reason}: {what}", end_iter=(old_end, end))]
+
+    def on_early_stop(self, iteration: int) -> list[Decision]:
+        """Early stopping fired: cool down for `cooldown_fraction` of the iterations done, then end."""
+        return self.finish_in(iteration, self.cooldown_length(iteration), "early stop")
 
     # what the loop applies ---------------------------------------------------------------------
     def lr_at(self, iteration: int, factor: float | None = None) -> float:
@@ -132,7 +207,8 @@ class LRController(Automation):
         factor = self.factor if factor is None else factor
         if not self.enabled:  # the fixed schedule; `factor` moves only after a non-finite rollback
             return scheduled_lr(self.base_lr, iteration, self.warmup_iter, self.total_iter) * factor
-        return self.base_lr * warmup_ramp(iteration, self.warmup_iter) * factor
+        return (self.base_lr * warmup_ramp(iteration, self.warmup_iter) * factor
+                * cooldown_scale(iteration, self.cooldown_start, self.end_iter))
 
     def take_rollback(self) -> bool:
         """True once after `on_nonfinite` asked for a rollback (then cleared)."""
@@ -144,24 +220,39 @@ class LRController(Automation):
         loss = stats.get("loss")
         if not self.enabled or not is_finite(loss):
             return []
-        self.smoothed = smooth(self.smoothed, float(loss), self.alpha)
+        loss = float(loss)
+        self.smoothed = smooth(self.smoothed, loss, self.alpha)
         self.steps_seen += 1
         if self.steps_seen < self.window:  # the EMA still remembers the first, untrained batches
             self.last_loss_improvement = iteration
             return []
-        if improved(self.smoothed, self.best_loss, self.threshold):
-            self.best_loss, self.last_loss_improvement = self.smoothed, iteration
-        if iteration < self.cooldown_until:
+        self.best_loss = self.smoothed if self.best_loss is None else min(self.best_loss, self.smoothed)
+        if iteration < self.hold_until:
             return []
         if blew_up(self.smoothed, self.best_loss, self.blowup_factor):
             return self._reduce(iteration, f"blow-up: smoothed loss {self.smoothed:.4g} is over "
-                                f"{self.blowup_factor:g}x its best {self.best_loss:.4g}; cooling down "
-                                f"{self.cooldown} iterations", cool_down=True)
+                                f"{self.blowup_factor:g}x its best {self.best_loss:.4g}; holding "
+                                f"{self.blowup_hold} iterations", hold=True)
+        return self._plateau_window(iteration, loss)
+
+    def _plateau_window(self, iteration: int, loss: float) -> list[Decision]:
+        self.window_sum += loss
+        self.window_sum_sq += loss * loss
+        self.window_n += 1
+        if self.window_n < self.window:
+            return []
+        window = list(window_stats(self.window_sum, self.window_sum_sq, self.window_n))
+        self.window_sum = self.window_sum_sq = 0.0
+        self.window_n = 0
+        if significant_gain(self.best_window, window, self.threshold):
+            self.best_window, self.last_loss_improvement = window, iteration
+            return []
         stalled = iteration - self.last_loss_improvement
-        if iteration > self.warmup_iter and stalled >= self.patience:
-            return self._reduce(iteration, f"plateau: smoothed loss has not improved by "
-                                f"{self.threshold:.2%} for {stalled} iterations (best {self.best_loss:.4g})")
-        return []
+        if iteration <= self.warmup_iter or stalled < self.patience or self.cooling_down(iteration):
+            return []
+        (best, best_se), (mean, se) = self.best_window, window
+        return self._reduce(iteration, f"plateau: no window's mean loss significantly below the best "
+                            f"{best:.4g} +- {best_se:.2g} for {stalled} iterations (now {mean:.4g} +- {se:.2g})")
 
     def on_validation(self, iteration: int, metrics: Mapping[str, float]) -> list[Decision]:
         psnr = metrics.get("val/psnr")
@@ -173,7 +264,7 @@ class LRController(Automation):
             return []
         self.psnr_misses += 1
         stalled = iteration - self.last_psnr_improvement
-        if (iteration > self.warmup_iter and iteration >= self.cooldown_until
+        if (iteration > self.warmup_iter and iteration >= self.hold_until and not self.cooling_down(iteration)
                 and self.psnr_misses >= PSNR_MISSES_FOR_PLATEAU and stalled >= self.patience):
             return self._reduce(iteration, f"plateau: validation PSNR {psnr:.2f} dB has not beaten "
                                 f"{self.best_psnr:.2f} dB for {stalled} iterations ({self.psnr_misses} validations)")
@@ -197,8 +288,7 @@ class LRController(Automation):
         rollback = self.decision(iteration, f"{len(recent)} non-finite steps within {NONFINITE_WINDOW} "
                                  "iterations: restore the last good state",
                                  rollback=(self.rollbacks - 1, self.rollbacks))
-        reduced = self._reduce(iteration, "non-finite steps keep coming: lower LR after the rollback",
-                               cool_down=True)
+        reduced = self._reduce(iteration, "non-finite steps keep coming: lower LR after the rollback", hold=True)
         return [skipped, rollback] + reduced
 
     # changes from outside --------------------------------------------------------------------------
@@ -218,12 +308,13 @@ class LRController(Automation):
         return [self.decision(iteration, f"LR range test: steepest loss descent{note}", base_lr=(old, new))]
 
     # internals --------------------------------------------------------------------------------------
-    def _reduce(self, iteration: int, reason: str, cool_down: bool = False) -> list[Decision]:
+    def _reduce(self, iteration: int, reason: str, hold: bool = False) -> list[Decision]:
         # Every reduction restarts the plateau clocks: the next one needs a fresh `patience`.
+        self.best_window, self.window_sum, self.window_sum_sq, self.window_n = None, 0.0, 0.0, 0
         self.last_loss_improvement = self.last_psnr_improvement = iteration
         self.psnr_misses = 0
-        if cool_down:
-            self.cooldown_until = iteration + self.cooldown
+        if hold:
+            self.hold_until = iteration + self.blowup_hold
         return self._set_factor(iteration, self.factor * self.reduce_factor, reason)
 
     def _set_factor(self, iteration: int, wanted: float, reason: str) -> list[Decision]:
@@ -238,7 +329,9 @@ class LRController(Automation):
                               lr=(self.lr_at(iteration + 1, old), self.lr_at(iteration + 1, new)))]
 
     def _restore(self, key, value):
-        return list(value) if key == "nonfinite_iters" else value
+        if key in ("nonfinite_iters", "cut", "best_window"):
+            return None if value is None else list(value)
+        return value
 
 
 # --- LR range test -------------------------------------------------------------------------------

@@ -38,7 +38,10 @@ class Automations:
     def on_validation(self, iteration: int, metrics: Mapping[str, float]) -> list[Decision]:
         decisions = []
         for automation in (self.lr, self.early_stop, self.clip, self.loss_schedule, self.batch):
-            decisions += automation.on_validation(iteration, metrics)
+            made = automation.on_validation(iteration, metrics)
+            decisions += made
+            if automation is self.early_stop and made:  # a stop begins the cool-down
+                decisions += self.lr.on_early_stop(iteration)
         return decisions
 
     def on_oom(self, iteration: int) -> list[Decision]:

@@ -67,7 +67,7 @@ def plateau_patience(total_iter: int, tier_patience_scale: float) -> int:
     return int(clamp(0.05 * total_iter * tier_patience_scale, 500, 3000))
 
 
-def lr_cooldown(total_iter: int) -> int:
+def blowup_hold(total_iter: int) -> int:
     """Iterations the LR is left alone after a blow-up cut: 1 % of the run, in [100, 1000]."""
     return int(clamp(0.01 * total_iter, 100, 1000))
 

@@ -26,7 +26,7 @@ _RULES = {
     "save_freq": derive.save_freq,
     "log_freq": derive.log_freq,
     "plateau_patience": derive.plateau_patience,
-    "lr_cooldown": derive.lr_cooldown,
+    "blowup_hold": derive.blowup_hold,
     "min_lr_factor": derive.min_lr_factor,
     "max_lr_factor": derive.max_lr_factor,
     "target_vram_usage": derive.target_vram_usage,

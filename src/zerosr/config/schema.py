@@ -61,7 +61,8 @@ class LRAutomation:
     reduce_factor: float = 0.5  # what a plateau or blow-up multiplies the LR factor by
     improvement_threshold: float = 1e-3  # relative improvement of the smoothed loss that counts
     blowup_factor: float = 2.0  # smoothed loss this many times its best = a blow-up
-    cooldown: int = MISSING  # iterations left alone after a blow-up cut
+    blowup_hold: int = MISSING  # iterations left alone after a blow-up cut
+    cooldown_fraction: float = 0.2  # the run's last share, over which the LR falls to zero (0: none)
     min_lr_factor: float = MISSING  # the LR never goes below this times the base
     max_lr_factor: float = MISSING  # ... nor above this times the base
 

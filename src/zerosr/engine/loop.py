@@ -84,6 +84,8 @@ class Trainer:
         self.grad_accum = int(train.grad_accum)
         self.inject_nan_at, self.inject_oom_at = set(cfg.debug.inject_nan_at), set(cfg.debug.inject_oom_at)
         self.deadline: float | None = None  # train.max_minutes, as a perf_counter() time
+        self.cooldown_due_at: float | None = None  # ... and when the LR cool-down must begin
+        self.loop_began_at = 0  # the iteration this process's loop started from
         self.lr = 0.0
         self.iteration = 0
         self.best = {"psnr": -math.inf, "ssim": 0.0, "iter": 0}
@@ -194,6 +196,19 @@ class Trainer:
 
             atomic_write_bytes(target, source.read_bytes())
 
+    def set_deadline(self, deadline: float, loop_started: float) -> None:
+        """train.max_minutes: the run ends at `deadline`; the LR cool-down begins when only its
+        share (`automation.lr.cooldown_fraction`) of the loop's time is left."""
+        lr = self.suite.lr
+        self.deadline, self.loop_began_at = deadline, self.iteration
+        if lr.cooldown_length(1_000_000) > 0:
+            self.cooldown_due_at = deadline - lr.cooldown_fraction * (deadline - loop_started)
+
+    def _iterations_left(self, iteration: int) -> int:
+        """The iterations the rest of the time budget holds, at this process's pace so far."""
+        share = self.suite.lr.cooldown_fraction
+        return int(round((iteration - self.loop_began_at) * share / (1.0 - share)))
+
     # --- where decisions reach the pieces --------------------------------------------------------
     def apply_batch(self, batch_size: int, lq_size: int | None = None) -> None:
         """The one place a batch or patch size reaches the data stream."""
@@ -252,9 +267,12 @@ class Trainer:
         means = torch.stack([out.total, *out.parts.values(), out.norm, *extra]).float()
         peak = self.accelerator.peak_bytes()
         maxes = [float(peak)] if peak is not None else []
-        time_up = self.deadline is not None and time.perf_counter() >= self.deadline
-        values, maxes, (self.time_up, self.stop_agreed) = distributed.combine_step(
-            means, maxes, [time_up, self.stop_requested])
+        now = time.perf_counter() if self.deadline is not None else None
+        time_up = now is not None and now >= self.deadline
+        cooldown_due = (self.cooldown_due_at is not None and now >= self.cooldown_due_at
+                        and not suite.lr.cooling_down(it))
+        values, maxes, (self.time_up, self.stop_agreed, cooldown_due) = distributed.combine_step(
+            means, maxes, [time_up, self.stop_requested, cooldown_due])
         total, norm = values[0], values[1 + len(names)]
         stats = {"loss": total, "lr": self.lr, "batch_size": out.samples / self.grad_accum}
         stats.update({f"loss/{name}": value for name, value in zip(names, values[1:])})
@@ -278,6 +296,8 @@ class Trainer:
         stats.update({"grad_norm": norm, "clip_threshold": threshold, "clipped": float(norm > threshold)})
         old_batch = suite.batch.batch_size
         self.record(suite.on_step_end(it, stats))
+        if cooldown_due:  # agreed by every rank, so every rank moves the end alike
+            self.record(suite.lr.finish_in(it, self._iterations_left(it), "time budget"))
         if suite.batch.batch_size != old_batch:
             self.apply_batch(suite.batch.batch_size)
         return stats

@@ -99,18 +99,21 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     interrupted = False
     # train.max_minutes: a wall-clock budget for this process (start-up included); the run then
     # ends as if it had reached total_iter: validated, saved, summarised.
-    trainer.deadline = None if train_cfg.max_minutes is None else started + 60 * train_cfg.max_minutes
     loop_started, first_iteration = time.perf_counter(), trainer.iteration
+    if train_cfg.max_minutes is not None:
+        trainer.set_deadline(started + 60 * train_cfg.max_minutes, loop_started)
     window_start, window_iters = loop_started, 0
     notes: list[str] = []
     previous_handler = _catch_ctrl_c(trainer)
     try:
         try:
-            while trainer.iteration < total and not trainer.stopped_early and not trainer.time_up:
+            # The LR controller knows where the run ends: total_iter, or after the cool-down that an
+            # early stop or the time budget began.
+            while trainer.iteration < trainer.suite.lr.end_iter and not trainer.time_up:
                 stats = trainer.step()
                 it = trainer.iteration
                 kill_point("step", it)  # debug.kill_at (a no-op unless armed)
-                last = it == total or trainer.time_up
+                last = it >= trainer.suite.lr.end_iter or trainer.time_up
                 window_iters += 1
                 progress.update(it, stats["loss"], stats["lr"], int(stats["batch_size"]))
                 if it % log_freq == 0 or last:
@@ -127,7 +130,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
                     progress.write(f"interrupted at iteration {it}: saving the training state")
                     trainer.save()
                     break
-                if it % save_freq == 0 or last or trainer.stopped_early:
+                last = last or it >= trainer.suite.lr.end_iter  # an early stop without a cool-down
+                if it % save_freq == 0 or last:
                     trainer.save()
         except KeyboardInterrupt:  # a second Ctrl+C: stop at once, the last checkpoint stays as it is
             interrupted = True
