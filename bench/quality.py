@@ -1,7 +1,7 @@
 """Zero-config against hand-set training on held-out images. Prints one JSON object.
 
     python bench/quality.py [--budget-s 150] [--runs auto off_lr1e-4 ...]        # equal wall-clock budget
-    python bench/quality.py --iters 600 --seeds 0 1 2 [--runs ...] [--extra LABEL=KEY=V,KEY=V ...]
+    python bench/quality.py --iters 600 --seeds 0 1 2 [--runs ...] [--extra LABEL=KEY=V,KEY=V ...] [--common KEY=V ...]
 
 Every run is `python train.py` on ../shared/data/bsd100_x2 (x2 pairs; `--n-val` held-out pairs
 validate, the rest train), ParagonSR2 nano, the same seed within a comparison.
@@ -14,7 +14,8 @@ values: momentum 0.95, max_weight 100). Targets: auto >= best hand-set - 0.05 dB
 
 Length mode (`--iters N`): every run is N iterations (`data.run_iter`), no time budget, once per
 seed. Runs: `auto`, and `automation=off` (fixed warm-up + cosine, fixed batch) at three LRs around
-nano's preset 1e-3: `off_lr5e-4`, `off_lr1e-3`, `off_lr2e-3`; `--extra` adds alternatives.
+nano's preset 1e-3: `off_lr5e-4`, `off_lr1e-3`, `off_lr2e-3`; `--extra` adds alternatives;
+`--common` overrides go to every run (e.g. a fixed batch, to compare LR policies alone).
 Equal iterations: each run's best validation PSNR, averaged over the seeds. Equal wall-clock: each
 hand-set run's best PSNR among the validations it had reached when `auto` ended (the
 `time/elapsed_s` of each validation line in metrics.jsonl).
@@ -133,6 +134,7 @@ def length_mode(args) -> dict:
     for spec in args.extra:
         label, _, overrides = spec.partition("=")
         runs[label] = [o for o in overrides.split(",") if o]
+    runs = {label: [*extra, *args.common] for label, extra in runs.items()}
     results: dict[str, dict[int, dict]] = {label: {} for label in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -172,6 +174,7 @@ def main() -> None:
     parser.add_argument("--n-val", type=int, default=10)
     parser.add_argument("--runs", nargs="+", default=None)
     parser.add_argument("--extra", nargs="*", default=[], help="length mode: LABEL=KEY=VALUE,KEY=VALUE alternatives")
+    parser.add_argument("--common", nargs="*", default=[], help="length mode: overrides for every run")
     args = parser.parse_args()
     if not (DATA / "hr").is_dir():
         raise SystemExit(f"error: {DATA} not found: this benchmark needs ../shared/data/bsd100_x2")
