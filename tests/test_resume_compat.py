@@ -57,6 +57,16 @@ def test_a_gradscaler_state_into_a_run_without_one_is_one_line(saved_run, tmp_pa
     assert "the precision: the saved run used fp16 with a GradScaler, this one fp32" in one_error_line(out)
 
 
+def test_a_state_from_another_version_is_one_line(saved_run, tmp_path):
+    data, run, _ = saved_run
+    state = load_training_state(run / "training_state" / "state_00000006.pt")
+    del state["automations"]["lr"]["cut"]  # a key this version's LR controller keeps
+    path = save_training_state(tmp_path / "old" / "training_state", 6, state)
+    out = train_py(*tiny_overrides(data), f"train.resume={path}", f"hydra.run.dir={tmp_path / 'new'}", cwd=tmp_path)
+    line = one_error_line(out)
+    assert "saved by another zerosr version" in line and "lr.cut" in line and "train.pretrain=" in line
+
+
 def test_the_same_settings_still_resume(saved_run, tmp_path):
     data, run, _ = saved_run
     state = run / "training_state" / "state_00000003.pt"

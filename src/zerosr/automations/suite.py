@@ -61,6 +61,11 @@ class Automations:
     def state_dict(self) -> dict:
         return {name: automation.state_dict() for name, automation in self.members.items()}
 
+    def missing_state(self, state: Mapping[str, Mapping]) -> list[str]:
+        """The `automation.key`s a saved state lacks (saved by another zerosr version)."""
+        return [f"{name}.{key}" for name, automation in self.members.items()
+                for key in automation.STATE if key not in state.get(name, {})]
+
     def load_state_dict(self, state: Mapping[str, Mapping]) -> None:
         for name, automation in self.members.items():
             automation.load_state_dict(state[name])

@@ -144,11 +144,14 @@ class Trainer:
 
     def _resume_mismatch(self, state: dict) -> str | None:
         """What a saved state cannot be loaded into: other losses (a GAN added or removed among
-        them), or another precision's scaler."""
+        them), automation state of another version, or another precision's scaler."""
         saved_losses, losses = sorted(state["objective"]["weights"]), sorted(self.learner.objective.weights)
         saved_fp16, fp16 = bool(state["scaler"]), self.learner.precision.scaler.is_enabled()
         if saved_losses != losses:
             return f"train.losses: the saved run trained {', '.join(saved_losses)}, this one {', '.join(losses)}"
+        missing = self.suite.missing_state(state["automations"])
+        if missing:
+            return f"it was saved by another zerosr version (its automation state lacks {', '.join(missing)})"
         if saved_fp16 != fp16:
             return (f"the precision: the saved run used {'fp16 with a GradScaler' if saved_fp16 else 'no GradScaler'}, "
                     f"this one {self.learner.precision.name}")
