@@ -210,7 +210,8 @@ def test_realistic_run_trains_end_to_end(hr_folder, tmp_path):
                       "train.total_iter=4", "train.batch_size=2", "train.lq_size=16", "train.val_freq=2",
                       "hardware_tier.num_workers=0", "automation=off", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert sum(line.startswith("degradation  calibrated") for line in done.stdout.splitlines()) == 1
+    shown = [line for line in done.stdout.splitlines() if line.lstrip("[").startswith("degradation")]
+    assert len(shown) == 1 and shown[0].startswith("[degradation] iter 0:"), done.stdout  # shown once
     assert list((tmp_path / "run" / "models").glob("net_g_ema_*.safetensors"))
     decisions = [json.loads(line) for line in (tmp_path / "run" / "automation.jsonl").read_text().splitlines()]
     assert [d["iter"] for d in decisions if d["automation"] == "degradation"] == [0]  # one line, at start-up

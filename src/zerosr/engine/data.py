@@ -90,9 +90,8 @@ def _build_realistic(cfg: DictConfig) -> RunData:
                                   cache=data.cache)
     count = len(train.images)
     hr_images = [train.images[i * count // min(count, 32)][0] for i in range(min(count, 32))]
+    # The run shows and logs `decisions` with the other start-up decisions (once).
     train.settings, decisions = calibrated_settings(cfg, hr_images, user_set_keys("data.degradation"))
-    for decision in decisions:
-        print(calibration_line(decision), flush=True)
     val = RealisticImageDataset(val_paths, scale, train.settings, cache=data.cache)
     origin = f"{data.gt_path} (realistic LR{', calibrated on ' + str(data.target_path) if data.target_path else ''})"
     return RunData(train, val, f"{len(train_paths)} training / {len(val_paths)} validation images, {origin}",
