@@ -59,7 +59,7 @@ class LRAutomation:
     find: bool = False  # LR range test at start
     plateau_patience: int = MISSING  # iterations without improvement before the LR drops
     reduce_factor: float = 0.5  # what a plateau or blow-up multiplies the LR factor by
-    improvement_threshold: float = 1e-3  # relative improvement of the smoothed loss that counts
+    improvement_threshold: float = 1e-3  # least relative gain of a window's mean loss that counts (and 2 std errors)
     blowup_factor: float = 2.0  # smoothed loss this many times its best = a blow-up
     blowup_hold: int = MISSING  # iterations left alone after a blow-up cut
     cooldown_fraction: float = 0.2  # the run's last share, over which the LR falls to zero (0: none)
