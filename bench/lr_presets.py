@@ -2,7 +2,7 @@
 variant, beside the preset LR. Prints one JSON object (and rewrites `--out` after each variant).
 
     python bench/lr_presets.py --data DIR [--variants nano s m l xl] [--batch 4] [--lq-size 24]
-                               [--steps 100] [--check-process nano] [--out FILE]
+                               [--steps 100] [--skip-first 0] [--seed 0] [--check-process nano] [--out FILE]
 
 DIR holds `hr/` and `lr/` (x2 pairs). Each variant's job is composed as
 `python train.py arch=paragonsr2_V data=paired data.gt_path=DIR/hr data.lq_path=DIR/lr
@@ -47,17 +47,25 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEP = {"min_lr": 1e-7, "max_lr": 1.0}
 
 
-def overrides(variant: str, data: Path, batch: int, lq_size: int) -> list[str]:
+def sweep(skip_first: int, steps: int) -> dict:
+    """The run's LR grid without its first `skip_first` points (where no variant's loss moves):
+    the same LRs, fewer steps."""
+    grid = exponential_lrs(SWEEP["min_lr"], SWEEP["max_lr"], steps)
+    return {"min_lr": grid[skip_first], "max_lr": SWEEP["max_lr"], "steps": steps - skip_first}
+
+
+def overrides(variant: str, data: Path, batch: int, lq_size: int, seed: int) -> list[str]:
     return [f"arch=paragonsr2_{variant}", "data=paired", f"data.gt_path={data / 'hr'}",
-            f"data.lq_path={data / 'lr'}", f"train.batch_size={batch}", f"train.lq_size={lq_size}"]
+            f"data.lq_path={data / 'lr'}", f"train.batch_size={batch}", f"train.lq_size={lq_size}",
+            f"train.seed={seed}"]
 
 
 def _sig(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-def measure(variant: str, data: Path, batch: int, lq_size: int, steps: int) -> dict:
-    cfg = compose_config(overrides(variant, data, batch, lq_size))
+def measure(variant: str, data: Path, batch: int, lq_size: int, grid: dict, seed: int) -> dict:
+    cfg = compose_config(overrides(variant, data, batch, lq_size, seed))
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, run_dir)
         learner = trainer.learner
@@ -71,14 +79,14 @@ def measure(variant: str, data: Path, batch: int, lq_size: int, steps: int) -> d
                     sample = stream.next_batch()
                     return learner.train_on(sample["lq"], sample["gt"], value)
 
-                result = lr_range_test(step_at, lambda: learner.load_state_dict(saved), steps=steps, **SWEEP)
+                result = lr_range_test(step_at, lambda: learner.load_state_dict(saved), **grid)
         finally:
             stream.close()
             seconds = time.perf_counter() - started
             params = sum(p.numel() for p in learner.module.parameters())
             trainer.close()
     preset = float(training_preset(variant)["lr"])
-    sweep = exponential_lrs(SWEEP["min_lr"], SWEEP["max_lr"], steps)
+    points = exponential_lrs(grid["min_lr"], grid["max_lr"], grid["steps"])
     lowest = min(range(len(result.smoothed)), key=result.smoothed.__getitem__) if result.smoothed else None
     low, high = (preset * bound for bound in FINDER_BOUNDS)
     return {
@@ -91,16 +99,16 @@ def measure(variant: str, data: Path, batch: int, lq_size: int, steps: int) -> d
         "steepest_descent_lr": None if result.lr is None else _sig(result.lr),
         "picked_lr": None if result.lr is None else _sig(clamp(result.lr, low, high)),
         "min_loss_lr": None if lowest is None else _sig(result.lrs[lowest]),
-        "divergence_lr": _sig(sweep[len(result.lrs)]) if result.diverged and len(result.lrs) < steps else None,
+        "divergence_lr": _sig(points[len(result.lrs)]) if result.diverged and len(result.lrs) < grid["steps"] else None,
         "preset_lr": preset,
         "curve": [[_sig(lr), _sig(loss)] for lr, loss in zip(result.lrs, result.smoothed)],
     }
 
 
-def process_pick(variant: str, data: Path, batch: int, lq_size: int) -> dict:
+def process_pick(variant: str, data: Path, batch: int, lq_size: int, seed: int) -> dict:
     """The real run with the finder on: the base LR it adopted, read from its automation.jsonl."""
     with tempfile.TemporaryDirectory() as run_dir:
-        command = [sys.executable, "train.py", *overrides(variant, data, batch, lq_size),
+        command = [sys.executable, "train.py", *overrides(variant, data, batch, lq_size, seed),
                    "automation.lr.find=true", "train.total_iter=1", f"hydra.run.dir={run_dir}"]
         started = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -125,26 +133,31 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lq-size", type=int, default=24)
     parser.add_argument("--steps", type=int, default=100, help="points of the LR sweep 1e-7..1 (the run's 100)")
+    parser.add_argument("--skip-first", type=int, default=0,
+                        help="leave out the sweep's first K points (below ~1e-5 no loss moves): same LRs, fewer steps")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed: the weights and the order of the batches")
     parser.add_argument("--check-process", nargs="*", default=[], choices=VARIANT_ORDER)
     parser.add_argument("--out", type=Path, help="also write the JSON here, after each variant")
     args = parser.parse_args()
-    report = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "cuda": torch.cuda.is_available(), "data": str(args.data), "steps": args.steps,
-              "sweep": SWEEP, "finder_bounds": list(FINDER_BOUNDS), "variants": {}, "process_check": {}}
+    report = {"seed": args.seed, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+              "cuda": torch.cuda.is_available(), "data": str(args.data),
+              "batch": args.batch, "lq_size": args.lq_size, "sweep": sweep(args.skip_first, args.steps),
+              "finder_bounds": list(FINDER_BOUNDS), "variants": {}, "process_check": {}}
 
-    def write() -> None:
+    def write() -> str:
         text = json.dumps(report, indent=1)
         if args.out is not None:
             args.out.write_text(text + "\n")
         return text
 
+    grid = sweep(args.skip_first, args.steps)
     for variant in args.variants:
-        report["variants"][variant] = measure(variant, args.data, args.batch, args.lq_size, args.steps)
+        report["variants"][variant] = measure(variant, args.data, args.batch, args.lq_size, grid, args.seed)
         write()
     for variant in args.check_process:
-        check = process_pick(variant, args.data, args.batch, args.lq_size)
+        check = process_pick(variant, args.data, args.batch, args.lq_size, args.seed)
         measured = report["variants"].get(variant, {}).get("picked_lr")
-        check["in_process_pick"] = measured
+        check["in_process_pick"] = measured  # the same pick only on the run's whole sweep (--skip-first 0)
         check["agrees"] = (measured is not None and check.get("adopted_lr") is not None
                            and abs(check["adopted_lr"] - measured) <= 1e-3 * measured)
         report["process_check"][variant] = check
