@@ -28,7 +28,7 @@ def data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("data"))
 
 
-def searched_run(data, tmp_path: Path, max_batch: int) -> tuple[subprocess.CompletedProcess, Path]:
+def searched_run(data, tmp_path: Path, max_batch: int, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
     hr, lr = data
     card = tmp_path / "card.json"
     card.write_text(json.dumps(CARD))
@@ -37,7 +37,7 @@ def searched_run(data, tmp_path: Path, max_batch: int) -> tuple[subprocess.Compl
             "train.total_iter=2", "train.warmup_iter=1", "train.val_freq=2", "train.save_freq=2",
             "hardware_tier.num_workers=0", "automation.dataset_analysis.batches=1",
             "automation.early_stop.enabled=false", f"automation.batch.max_batch_size={max_batch}",
-            f"hydra.run.dir={run_dir}"]
+            f"hydra.run.dir={run_dir}", *extra]
     out = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "ZEROSR_FAKE_HARDWARE": str(card), "ZEROSR_SIMULATE_GPU": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -49,9 +49,12 @@ def optimizer_lr(run_dir: Path) -> float:
     return state["optimizer"]["param_groups"][0]["lr"]
 
 
+def decisions(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "automation.jsonl").read_text().splitlines()]
+
+
 def searched_batch(run_dir: Path) -> tuple[int, int]:
-    lines = [json.loads(line) for line in (run_dir / "automation.jsonl").read_text().splitlines()]
-    search = next(d for d in lines if d["automation"] == "batch" and d["iter"] == 0)
+    search = next(d for d in decisions(run_dir) if d["automation"] == "batch" and d["iter"] == 0)
     return tuple(search["change"]["batch_size"])
 
 
@@ -77,6 +80,14 @@ def test_past_the_ceiling_the_lr_stops_at_it_and_the_screen_says_so(data, tmp_pa
     decision = [line for line in out.stdout.splitlines() if line.startswith("[lr]")]
     assert len(decision) == 1 and "batch 8 -> 256: square-root rule" in decision[0]
     assert f"held at the ceiling {MAX_LR_FACTOR_CAP:g}" in decision[0]
+
+
+def test_an_lr_found_at_the_searched_batch_is_not_scaled_for_it_again(data, tmp_path):
+    out, run_dir = searched_run(data, tmp_path, 16, "automation.lr.find=true")
+    assert searched_batch(run_dir) == (8, 16), out.stdout[-2000:]
+    found = next(d for d in decisions(run_dir) if "LR range test" in d["reason"])
+    assert optimizer_lr(run_dir) == pytest.approx(found["change"]["base_lr"][1], rel=1e-6)
+    assert found["change"]["lr_factor"] == pytest.approx([math.sqrt(2), 1.0])  # the rule's factor for 8 -> 16, dropped
 
 
 @pytest.mark.parametrize("batch, largest, factor", [(8, 128, 4.0), (8, 16, 1.414), (8, 8, 1.0), (32, 16, 1.0),
