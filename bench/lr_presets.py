@@ -15,7 +15,11 @@ so the curve is read here, in-process.
 Per variant: parameters, batch, patch, seconds, the steepest-descent LR of the smoothed curve
 (the finder's raw answer), the pick the run would adopt (within the finder's bounds around the
 preset), the LR of the lowest smoothed loss, the LR at which the test stopped for divergence, the
-preset LR, and the curve (LR, smoothed loss) itself.
+preset LR, the curve (LR, smoothed loss) itself, and `from_nano_lr` (see `scale_from_nano`):
+the steepest-descent and lowest-loss LRs move 10x with the order of the batches (`--seed`) at
+small batches, the divergence LR falls steadily with size, so it is what carries over.
+
+On a shared CPU set OMP_NUM_THREADS=1: two threads on a loaded 2-core machine ran m's step 9x slower.
 
 `--check-process V` also runs the real `python train.py ... automation.lr.find=true` process for
 V and reads the LR it adopted from its `automation.jsonl`, so the in-process picks are known to be
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -105,6 +110,20 @@ def measure(variant: str, data: Path, batch: int, lq_size: int, grid: dict, seed
     }
 
 
+def scale_from_nano(variants: dict) -> None:
+    """Add `from_nano_lr` to each variant: nano's preset (chosen by training) times the ratio of
+    divergence LRs (measured at one batch for all) times sqrt(batch hint / nano's), because a
+    preset applies at the variant's own tier batch (the square-root rule)."""
+    nano = variants.get("nano")
+    if not nano or not nano.get("divergence_lr"):
+        return
+    hint = {v: training_preset(v)["batch_size"] for v in variants}
+    for variant, row in variants.items():
+        if row.get("divergence_lr"):
+            row["from_nano_lr"] = _sig(nano["preset_lr"] * row["divergence_lr"] / nano["divergence_lr"]
+                                       * math.sqrt(hint[variant] / hint["nano"]))
+
+
 def process_pick(variant: str, data: Path, batch: int, lq_size: int, seed: int) -> dict:
     """The real run with the finder on: the base LR it adopted, read from its automation.jsonl."""
     with tempfile.TemporaryDirectory() as run_dir:
@@ -153,6 +172,7 @@ def main() -> None:
     grid = sweep(args.skip_first, args.steps)
     for variant in args.variants:
         report["variants"][variant] = measure(variant, args.data, args.batch, args.lq_size, grid, args.seed)
+        scale_from_nano(report["variants"])
         write()
     for variant in args.check_process:
         check = process_pick(variant, args.data, args.batch, args.lq_size, args.seed)
