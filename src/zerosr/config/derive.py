@@ -85,8 +85,10 @@ MAX_LR_FACTOR_CAP = 4.0
 def max_lr_factor(batch_size: int, max_batch_size: int) -> float:
     """Room for the square-root rule to follow the batch from the tier's `batch_size` (where the
     preset LR applies) up to the largest the batch search may pick: sqrt(max / batch), in
-    [1, MAX_LR_FACTOR_CAP]. Only a batch change raises the LR factor, so this bound is all it needs."""
-    return round(clamp(math.sqrt(max(max_batch_size, 1) / max(batch_size, 1)), 1.0, MAX_LR_FACTOR_CAP), 3)
+    [1, MAX_LR_FACTOR_CAP]. Only a batch change raises the LR factor, so this bound is all it needs.
+    Rounded up (3 decimals), so the largest batch itself is never held below the rule."""
+    wanted = math.sqrt(max(max_batch_size, 1) / max(batch_size, 1))
+    return clamp(math.ceil(round(wanted * 1000, 6)) / 1000, 1.0, MAX_LR_FACTOR_CAP)
 
 
 def target_vram_usage(tier_target: float | None) -> float | None:
