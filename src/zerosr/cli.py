@@ -158,3 +158,22 @@ def install_hydra_error_handler() -> None:
 
     run_and_report.zerosr_wrapped = True
     hydra_utils.run_and_report = run_and_report
+    _refuse_added_keys_in_shown_config()
+
+
+def _refuse_added_keys_in_shown_config() -> None:
+    """`--cfg job` shows only a config the job would accept: a key added with `+` that the job
+    refuses is the job's one error line here too (run_and_report above makes it exit 2)."""
+    from hydra._internal.hydra import Hydra
+
+    original = Hydra.get_sanitized_cfg
+
+    def get_sanitized_cfg(self, cfg, cfg_type):
+        shown = original(self, cfg, cfg_type)
+        if cfg_type in ("job", "all"):
+            from zerosr.config.validate import check_known_keys
+
+            check_known_keys(shown if cfg_type == "job" else original(self, cfg, "job"))  # no hydra node
+        return shown
+
+    Hydra.get_sanitized_cfg = get_sanitized_cfg

@@ -305,7 +305,10 @@ class LRController(Automation):
         new = clamp(float(found_lr), low, high)
         old, self.base_lr = self.base_lr, new
         note = "" if new == found_lr else f" (finder said {found_lr:.3g}, kept within {low:.3g}..{high:.3g})"
-        return [self.decision(iteration, f"LR range test: steepest loss descent{note}", base_lr=(old, new))]
+        # Measured at the batch now in use: a square-root factor for it would count the batch twice.
+        change = {"base_lr": (old, new)} | ({"lr_factor": (self.factor, 1.0)} if self.factor != 1.0 else {})
+        self.factor = 1.0
+        return [self.decision(iteration, f"LR range test: steepest loss descent{note}", **change)]
 
     # internals --------------------------------------------------------------------------------------
     def _reduce(self, iteration: int, reason: str, hold: bool = False) -> list[Decision]:

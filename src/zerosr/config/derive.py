@@ -77,10 +77,18 @@ def min_lr_factor(total_iter: int) -> float:
     return round(clamp(0.1 * (10_000 / max(total_iter, 1)) ** 0.77, 0.01, 0.2), 4)
 
 
-def max_lr_factor(arch_name: str) -> float:
-    """Small models tolerate a higher LR than large ones: 2.0 for nano down to 1.2 for xl."""
-    rank = presets.VARIANT_ORDER.index(presets.variant_of(arch_name))
-    return round(clamp(2.0 - rank * 0.8 / 7, 1.0, 2.0), 3)
+# The square-root rule may raise the LR at most this far: 4x, a 16x batch. Beyond that the base
+# LR, measured at the preset batch, says too little about the step a far larger batch can take.
+MAX_LR_FACTOR_CAP = 4.0
+
+
+def max_lr_factor(batch_size: int, max_batch_size: int) -> float:
+    """Room for the square-root rule to follow the batch from the tier's `batch_size` (where the
+    preset LR applies) up to the largest the batch search may pick: sqrt(max / batch), in
+    [1, MAX_LR_FACTOR_CAP]. Only a batch change raises the LR factor, so this bound is all it needs.
+    Rounded up (3 decimals), so the largest batch itself is never held below the rule."""
+    wanted = math.sqrt(max(max_batch_size, 1) / max(batch_size, 1))
+    return clamp(math.ceil(round(wanted * 1000, 6)) / 1000, 1.0, MAX_LR_FACTOR_CAP)
 
 
 def target_vram_usage(tier_target: float | None) -> float | None:

@@ -1,0 +1,98 @@
+"""The LR follows the searched batch by the square-root rule, up to a stated ceiling: real train.py
+runs on a simulated card (the GPU path's batch search on the CPU), read back from the optimizer
+state they saved."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_train import make_dataset
+from zerosr.config.derive import MAX_LR_FACTOR_CAP, max_lr_factor
+from zerosr.engine.checkpoint import load_training_state, state_file_name
+
+ROOT = Path(__file__).resolve().parents[1]
+CARD = {"gpus": [{"name": "Test card", "vram_gb": 2.0, "compute_capability": [8, 6]}], "cpu_cores": 2,
+        "ram_gb": 64.0}  # the budget tier: nano's tier batch is 32 x 0.25 = 8
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def searched_run(data, tmp_path: Path, max_batch: int, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+    hr, lr = data
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps(CARD))
+    run_dir = tmp_path / "run"
+    args = ["data=paired", f"data.gt_path={hr}", f"data.lq_path={lr}", "data.n_val=2", "train.lq_size=8",
+            "train.total_iter=10", "train.warmup_iter=1", "train.val_freq=10", "train.save_freq=5",
+            "hardware_tier.num_workers=0", "automation.dataset_analysis.batches=1",
+            "automation.early_stop.enabled=false", f"automation.batch.max_batch_size={max_batch}",
+            f"hydra.run.dir={run_dir}", *extra]
+    out = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "ZEROSR_FAKE_HARDWARE": str(card), "ZEROSR_SIMULATE_GPU": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out, run_dir
+
+
+def optimizer_lr(run_dir: Path) -> float:
+    """The LR the optimizer ran at in iteration 5: after the warm-up, before the end-of-run cool-down."""
+    state = load_training_state(run_dir / "training_state" / state_file_name(5))
+    return state["optimizer"]["param_groups"][0]["lr"]
+
+
+def decisions(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "automation.jsonl").read_text().splitlines()]
+
+
+def searched_batch(run_dir: Path) -> tuple[int, int]:
+    search = next(d for d in decisions(run_dir) if d["automation"] == "batch" and d["iter"] == 0)
+    return tuple(search["change"]["batch_size"])
+
+
+def preset_lr(run_dir: Path) -> float:
+    return float(yaml.safe_load((run_dir / "resolved_config.yaml").read_text())["train"]["lr"])
+
+
+def test_a_batch_searched_16x_larger_runs_at_4x_the_lr(data, tmp_path):
+    # 8 -> 128 wants x4 by the square-root rule (nano's old ceiling held it at x2).
+    out, run_dir = searched_run(data, tmp_path, max_batch=128)
+    old, new = searched_batch(run_dir)
+    assert (old, new) == (8, 128), out.stdout[-2000:]
+    assert optimizer_lr(run_dir) == pytest.approx(4.0 * preset_lr(run_dir), rel=1e-6)
+    assert "held at the ceiling" not in out.stdout
+
+
+def test_past_the_ceiling_the_lr_stops_at_it_and_the_screen_says_so(data, tmp_path):
+    out, run_dir = searched_run(data, tmp_path, max_batch=256)
+    old, new = searched_batch(run_dir)
+    assert (old, new) == (8, 256), out.stdout[-2000:]
+    assert math.sqrt(new / old) > MAX_LR_FACTOR_CAP  # the rule wants x5.66
+    assert optimizer_lr(run_dir) == pytest.approx(MAX_LR_FACTOR_CAP * preset_lr(run_dir), rel=1e-6)
+    decision = [line for line in out.stdout.splitlines() if line.startswith("[lr]")]
+    assert len(decision) == 1 and "batch 8 -> 256: square-root rule" in decision[0]
+    assert f"held at the ceiling {MAX_LR_FACTOR_CAP:g}" in decision[0]
+
+
+def test_an_lr_found_at_the_searched_batch_is_not_scaled_for_it_again(data, tmp_path):
+    out, run_dir = searched_run(data, tmp_path, 16, "automation.lr.find=true")
+    assert searched_batch(run_dir) == (8, 16), out.stdout[-2000:]
+    found = next(d for d in decisions(run_dir) if "LR range test" in d["reason"])
+    assert optimizer_lr(run_dir) == pytest.approx(found["change"]["base_lr"][1], rel=1e-6)
+    assert found["change"]["lr_factor"] == pytest.approx([math.sqrt(2), 1.0])  # the rule's factor for 8 -> 16, dropped
+    assert "held at the ceiling" not in out.stdout  # 8 -> 16 is the largest batch: the rule is followed exactly
+
+
+@pytest.mark.parametrize("batch, largest, factor", [(8, 128, 4.0), (8, 16, 1.415), (8, 8, 1.0), (32, 16, 1.0),
+                                                     (1, 128, MAX_LR_FACTOR_CAP), (0, 0, 1.0)])
+def test_the_ceiling_is_the_square_root_rule_up_to_the_largest_batch_bounded(batch, largest, factor):
+    assert max_lr_factor(batch, largest) == factor
