@@ -7,6 +7,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from zerosr.config.far_out import far_out_warnings
 from zerosr.config.resolved import resolved_dict, write_replayable
 from zerosr.config.tier import settle_tier
 from zerosr.config.user_set import forget as forget_user_set
@@ -37,7 +38,7 @@ def run(cfg: DictConfig) -> float:
         write_replayable(resolved_dict(cfg), run_dir / "resolved_config.yaml")
     user_set = remember_user_set(cfg)  # what the user set wins over start-up measurement
     try:
-        print(describe_choices(cfg, probe(), user_set), flush=True)
+        print(describe_choices(cfg, probe(), user_set, far_out_warnings(cfg, user_set)), flush=True)
         if cfg.dry_run:
             print(f"dry run: config saved to {run_dir / 'resolved_config.yaml'}; no training")
             return float("nan")

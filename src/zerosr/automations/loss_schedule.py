@@ -20,6 +20,11 @@ The multiplier rule (designed to be stable, unlike a rule driven by per-batch no
   large max weights degrade training).
 - The GAN loss (and any loss with base weight 0 or a non-positive reference) keeps multiplier 1:
   an adversarial loss oscillates by design, its value says nothing about progress.
+- The GAN loss joins only after `gan_delay` iterations (weight 0 before: the objective then skips
+  the discriminator entirely): a discriminator facing an untrained generator pulls it away from the
+  HR. The delay is derived (half the run from scratch, 0 from `train.pretrain` weights) and
+  recorded once at start-up, or set by the user, and then used as given. It applies with the
+  schedule off too (`automation=off` sets it to 0).
 
 Calibration (`auto_calibrate=true`) starts from the per-variant preset the config gives and adjusts
 it for the run length (baseline at most 5 % of the run), the dataset analysis, a GAN loss, and the
@@ -163,6 +168,8 @@ class LossSchedule(Automation):
         self.base_weights = {name: float(w) for name, w in base_weights.items()}
         self.gan_name = gan_name
         self.scheduled = [name for name, w in self.base_weights.items() if w > 0 and name != gan_name]
+        self.gan_delay = int(param(cfg, "gan_delay", 0))
+        self.gan_delay_set = "gan_delay" in set(user_set)
         self.params, _ = calibrated_params(self.preset, self.total_iter, None, gan_name is not None, self.user_set)
         self.dataset_info: dict | None = None
         self.phase = phase_of(0, self.total_iter)
@@ -179,6 +186,13 @@ class LossSchedule(Automation):
     def weights(self) -> dict[str, float]:
         """Weight of each loss now: base weight x multiplier (write into `Objective.weights`)."""
         return {name: w * self.multipliers[name] for name, w in self.base_weights.items()}
+
+    def weights_at(self, iteration: int) -> dict[str, float]:
+        """`weights` for the 1-based `iteration` about to run: the GAN's is 0 until its delay is over."""
+        weights = self.weights
+        if self.gan_name is not None and iteration <= self.gan_delay:
+            weights[self.gan_name] = 0.0
+        return weights
 
     @property
     def effective(self) -> dict:
@@ -202,11 +216,20 @@ class LossSchedule(Automation):
                                                self.gan_name is not None, self.user_set)
         change = {key: (self.preset[key], self.params[key]) for key in TUNABLE
                   if self.params[key] != self.preset[key]}
+        decisions = self._gan_delay_decision(iteration)
         if not self.enabled or not change:
-            return []
+            return decisions
         kept = sorted(self.user_set) if self.auto_calibrate else "all (auto_calibrate=false)"
         reason = "calibrated: " + "; ".join(notes) + (f"; user keys kept: {kept}" if self.user_set else "")
-        return [self.decision(iteration, reason, **change)]
+        return [self.decision(iteration, reason, **change)] + decisions
+
+    def _gan_delay_decision(self, iteration: int) -> list[Decision]:
+        """The derived GAN delay, once at start-up (a delay the user set is theirs, not a decision)."""
+        if self.gan_name is None or self.gan_delay_set or self.gan_delay == 0:
+            return []
+        return [self.decision(iteration, f"{self.gan_name} loss starts after iteration {self.gan_delay} of "
+                              f"{self.total_iter}: the other losses train the network first (from scratch, "
+                              f"no train.pretrain)", gan_delay=(0, self.gan_delay))]
 
     # hooks ---------------------------------------------------------------------------------------
     def on_step_end(self, iteration: int, stats: Mapping[str, float]) -> list[Decision]:

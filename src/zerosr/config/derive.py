@@ -126,6 +126,18 @@ def loss_schedule(key: str, arch_name: str):
     return presets.loss_schedule_preset(arch_name)[key]
 
 
+# A GAN trained from scratch: the share of the run trained on the other losses alone before the
+# adversarial term joins (ESRGAN and Real-ESRGAN start their GAN from a network the pixel loss
+# has already trained; a discriminator facing an untrained generator pulls it away from the HR).
+GAN_DELAY_SHARE = 0.5
+
+
+def gan_delay(total_iter: int, pretrain: str | None) -> int:
+    """Iterations before a GAN loss starts: half the run from scratch, none from `train.pretrain`
+    weights (they are the settled network the adversarial term needs)."""
+    return 0 if pretrain else int(GAN_DELAY_SHARE * total_iter)
+
+
 def analysis_batches(total_iter: int) -> int:
     """Batches read for dataset analysis: 50, fewer for short runs (never over 1 % of it)."""
     return int(clamp(total_iter // 100, 5, 50))

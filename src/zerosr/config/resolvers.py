@@ -36,6 +36,7 @@ _RULES = {
     "early_stop_patience": derive.early_stop_patience,
     "early_stop_min_iter": derive.early_stop_min_iter,
     "loss_schedule": derive.loss_schedule,
+    "gan_delay": derive.gan_delay,
     "analysis_batches": derive.analysis_batches,
     # Facts of this machine (the probe is cached, so these cost nothing after the first call).
     "precision": lambda no_gpu_default: precision_for(probe(), no_gpu_default),

@@ -105,6 +105,7 @@ class LossScheduleAutomation:
     min_weight: float = 1e-6  # multiplier floor
     adaptation_threshold: float = MISSING  # dead band: smaller gaps to the balanced value do nothing
     baseline_iterations: int = MISSING  # steps before each loss's reference is taken
+    gan_delay: int = MISSING  # iterations before a GAN loss joins the objective (0: from the start)
 
 
 @dataclass

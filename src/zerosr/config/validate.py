@@ -114,6 +114,7 @@ def _validate_automation(auto: DictConfig) -> None:
         (0 < schedule.min_weight <= schedule.max_weight,
          "automation.loss_schedule needs 0 < min_weight <= max_weight"),
         (schedule.adaptation_rate > 0, "automation.loss_schedule.adaptation_rate must be positive"),
+        (schedule.gan_delay >= 0, "automation.loss_schedule.gan_delay must be 0 or more (iterations)"),
         (auto.dataset_analysis.batches >= 1, "automation.dataset_analysis.batches must be at least 1"),
     ]
     for ok, message in checks:

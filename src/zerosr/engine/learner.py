@@ -198,7 +198,7 @@ class Learner:
             raise UserError(f"out of memory in the backward pass on rank {distributed.rank()}: under "
                             "torchrun this ends the run; resume with train.resume=auto and a smaller "
                             "train.batch_size or train.lq_size") from None
-        if self.objective.gan is not None and last:
+        if self.objective.gan_active and last:
             self._for_discriminator = (sr.detach(), gt)
         return None, (total.detach(), {name: value.detach() for name, value in parts.items()})
 
@@ -217,7 +217,7 @@ class Learner:
         """Take the step (both optimizers), update the EMA."""
         scaler = self.precision.scaler
         scaler.step(self.optimizer)
-        if self.objective.gan is not None:
+        if self.objective.gan_active:  # an inactive GAN (before its delay is over) has no gradients
             scaler.step(self.objective.gan.optimizer)
         scaler.update()  # once per iteration, after every optimizer stepped
         self.discard()

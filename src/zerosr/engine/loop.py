@@ -240,7 +240,7 @@ class Trainer:
     def step(self) -> dict[str, float]:
         learner, suite = self.learner, self.suite
         it = self.iteration + 1
-        learner.set_loss_weights(suite.loss_schedule.weights)
+        learner.set_loss_weights(suite.loss_schedule.weights_at(it))
         self._apply_lr(it)
         # The peak this step reads back is this step's alone: validation, saving and earlier steps
         # stay out of the memory watch's window.

@@ -2,7 +2,9 @@
 
 Each entry is `{_target_: ..., weight: W, [name: N]}`; a GAN entry may also carry
 `discriminator: {_target_: ...}` and `optimizer: {_target_: ...}` for its own network and
-optimizer. Weights live in `Objective.weights` so the loss schedule can change them live.
+optimizer. Weights live in `Objective.weights` so the loss schedule can change them live. A GAN
+whose weight is 0 (before its delay is over) is inactive: no discriminator forward in the
+generator's loss, no discriminator backward, no discriminator optimizer step.
 """
 
 from __future__ import annotations
@@ -44,10 +46,15 @@ class Objective:
     gan: GANPair | None = None
     base_weights: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def gan_active(self) -> bool:
+        """A GAN is listed and its weight is above 0 now: it and its discriminator take part in the step."""
+        return self.gan is not None and self.weights[self.gan.name] > 0
+
     def generator_loss(self, sr: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted sum and the unweighted parts (for logging and the loss schedule)."""
         parts = {name: term(sr, gt) for name, term in self.terms.items()}
-        if self.gan is not None:
+        if self.gan_active:
             parts[self.gan.name] = self.gan.loss.generator_loss(self.gan.discriminator(sr))
         total = sum(self.weights[name] * value for name, value in parts.items())
         return total, parts

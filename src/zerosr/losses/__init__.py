@@ -4,7 +4,7 @@ Pixel, MS-SSIM and perceptual losses are called as `loss(sr, gt) -> scalar`; the
 separate generator-side and discriminator-side calls (see `zerosr.losses.gan`).
 """
 
-from zerosr.losses.gan import GANLoss, UNetDiscriminatorSN
+from zerosr.losses.gan import GANLoss, UNetDiscriminatorSN, is_adversarial
 from zerosr.losses.msssim import MSSSIMLoss
 from zerosr.losses.perceptual import PerceptualLoss, VGG19Features
 from zerosr.losses.pixel import CharbonnierLoss, L1Loss
@@ -17,4 +17,5 @@ __all__ = [
     "PerceptualLoss",
     "UNetDiscriminatorSN",
     "VGG19Features",
+    "is_adversarial",
 ]

@@ -70,6 +70,16 @@ class UNetDiscriminatorSN(nn.Module):
         return self.head(y)
 
 
+def is_adversarial(target: str) -> bool:
+    """Whether a loss entry's `_target_` is a GAN loss (it has a discriminator-side objective)."""
+    from hydra.utils import get_class
+
+    try:
+        return hasattr(get_class(str(target)), "discriminator_loss")
+    except Exception:  # noqa: BLE001 - a target that does not import is reported by the config checks
+        return False
+
+
 class GANLoss(nn.Module):
     """GAN objectives on discriminator logits.
 

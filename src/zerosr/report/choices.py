@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from omegaconf import DictConfig, OmegaConf
 
 from zerosr.detect import Hardware, generation, tier_for
+from zerosr.losses import is_adversarial
 
 
 def _hardware_line(hardware: Hardware) -> str:
@@ -21,9 +22,11 @@ def _hardware_line(hardware: Hardware) -> str:
             f"{hardware.ram_gb:.1f} GB RAM")
 
 
-def describe_choices(cfg: DictConfig, hardware: Hardware, user_set: Iterable[str] = ()) -> str:
+def describe_choices(cfg: DictConfig, hardware: Hardware, user_set: Iterable[str] = (),
+                     warnings: Iterable[str] = ()) -> str:
     """Tier, preset, training values and the automations' derived parameters, resolved; the keys
-    the user set (`user_set`, dotted) are listed as "set by you"."""
+    the user set (`user_set`, dotted) are listed as "set by you", then one `warning` line each for
+    the `warnings` given (values set far outside what works)."""
     tier, train, auto = cfg.hardware_tier, cfg.train, cfg.automation
     user_set = set(user_set)
     detected = tier_for(hardware)
@@ -45,9 +48,11 @@ def describe_choices(cfg: DictConfig, hardware: Hardware, user_set: Iterable[str
                                          if cfg.data.gt_path else ""),
     ]
     lines += _automation_lines(auto)
+    lines += _gan_line(cfg, user_set)
     shown = _user_values(cfg, user_set)
     if shown:
         lines.append(f"set by you   {', '.join(shown)}")
+    lines += [f"warning      {line}" for line in warnings]
     return "\n".join(lines)
 
 
@@ -72,6 +77,27 @@ def _automation_lines(auto: DictConfig) -> list[str]:
         fixed = " (fixed batch, warm-up then cosine LR)" if "lr" in off and "batch" in off else ""
         lines.append("off: " + ", ".join(name.replace("_", " ") for name in off) + fixed)
     return [("automation   " if i == 0 else "             ") + line for i, line in enumerate(lines)]
+
+
+def _gan_line(cfg: DictConfig, user_set: set[str]) -> list[str]:
+    """When the adversarial term joins (automation.loss_schedule.gan_delay), and why."""
+    found = [(index, entry) for index, entry in enumerate(cfg.train.losses)
+             if OmegaConf.is_dict(entry) and is_adversarial(entry.get("_target_", ""))]
+    if not found:
+        return []
+    index, entry = found[0]
+    delay, total = int(cfg.automation.loss_schedule.gan_delay), int(cfg.train.total_iter)
+    if "automation.loss_schedule.gan_delay" in user_set:
+        why = "set by you"
+    elif cfg.train.pretrain:
+        why = "train.pretrain: the network is trained already"
+    elif delay:
+        why = "derived: the other losses train the network from scratch first; automation.loss_schedule.gan_delay sets it"
+    else:
+        why = f"automation={cfg.automation.name}"
+    when = f"after iteration {delay} of {total}" if delay else "from the first iteration"
+    weight = entry.get("weight", 1.0)
+    return [f"gan          train.losses.{index} (weight {weight}) joins {when} ({why})"]
 
 
 def _user_values(cfg: DictConfig, keys: set[str], width: int = 48) -> list[str]:
