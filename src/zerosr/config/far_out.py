@@ -81,7 +81,7 @@ def _check_lq_size(cfg: DictConfig) -> str | None:
 def _check_ema(cfg: DictConfig) -> str | None:
     decay, preset, total = float(cfg.train.ema_decay), float(cfg.arch.preset.ema_decay), int(cfg.train.total_iter)
     memory, preset_memory = 1.0 / (1.0 - decay), 1.0 / (1.0 - preset)
-    if memory <= total or memory <= EMA_PRESET_MARGIN * preset_memory:
+    if memory <= total or memory <= EMA_PRESET_MARGIN * preset_memory * (1 + 1e-6):  # 0.9999 vs 0.999: 10x
         return None
     return (f"train.ema_decay={decay:g} averages over ~{memory:.0f} iterations, more than the run's {total} "
             f"(preset {preset:g}: ~{preset_memory:.0f}): the validated and saved EMA weights lag behind the "
