@@ -102,12 +102,28 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def summarise(results: dict, args, started: float) -> dict:
+    """The report so far: every run done, and per mode how many cases survived."""
+    report = {"data": str(args.data), "arch": "paragonsr2_nano", "iters": args.iters, "n_val": 10,
+              "cpu_count": os.cpu_count(), "cases": results}
+    for mode in args.modes:
+        done = [case for case in args.cases if mode in results[case]]
+        survived = [case for case in done if results[case][mode]["survived"]]
+        failed = [case for case in done if case not in survived]
+        report[f"{mode}_survived"] = {"count": len(survived), "of": len(done), "failed": failed,
+                                      "failed_with_warning": [c for c in failed if results[c][mode]["warnings"]]}
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--modes", nargs="+", default=["auto", "off"], choices=["auto", "off"])
     parser.add_argument("--data", type=Path, default=DATA, help="a folder with hr/ and lr/ x2 pairs")
+    parser.add_argument("--out", type=Path, help="also write the report so far here after every run")
     args = parser.parse_args()
     if not (args.data / "hr").is_dir():
         raise SystemExit(f"error: {args.data} not found: this benchmark needs ../shared/data/bsd100_x2 (or --data)")
@@ -118,16 +134,11 @@ def main() -> None:
             for case in args.cases:
                 out = results[case][mode] = run(case, mode, args.iters, args.data, Path(tmp))
                 print(json.dumps({"case": case, "mode": mode, **out}), file=sys.stderr, flush=True)
-    report = {"data": str(args.data), "arch": "paragonsr2_nano", "iters": args.iters, "n_val": 10,
-              "cpu_count": os.cpu_count(), "cases": results}
-    for mode in args.modes:
-        survived = [case for case in args.cases if results[case][mode]["survived"]]
-        failed = [case for case in args.cases if case not in survived]
-        report[f"{mode}_survived"] = {"count": len(survived), "of": len(args.cases), "failed": failed,
-                                      "failed_with_warning": [c for c in failed if results[c][mode]["warnings"]]}
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    report["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(report, indent=2))
+                if args.out is not None:
+                    partial = args.out.with_name(args.out.name + ".part")
+                    partial.write_text(json.dumps(summarise(results, args, started), indent=2))
+                    partial.replace(args.out)
+    print(json.dumps(summarise(results, args, started), indent=2))
 
 
 if __name__ == "__main__":
