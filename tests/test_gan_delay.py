@@ -90,3 +90,25 @@ def test_the_run_logs_the_derived_delay_once_and_keeps_a_set_one(data, tmp_path,
     steps = [r for r in _records(run / "metrics.jsonl") if "loss" in r]
     assert [r["iter"] for r in steps if "loss/gan" in r] == list(range(starts_after + 1, 9))
     assert [r["iter"] for r in steps if "loss/discriminator" in r] == list(range(starts_after + 1, 9))
+
+
+def test_the_schedule_gives_the_gan_weight_0_until_the_delay_is_over_and_records_a_derived_delay():
+    from zerosr.automations.loss_schedule import LossSchedule
+    from zerosr.config.presets import loss_schedule_preset
+
+    cfg = {**loss_schedule_preset("paragonsr2_nano"), "gan_delay": 50}
+    schedule = LossSchedule(cfg, {"charbonnier": 1.0, "gan": 0.5}, 100, set(), gan_name="gan")
+    assert schedule.weights_at(50) == {"charbonnier": 1.0, "gan": 0.0}
+    assert schedule.weights_at(51) == {"charbonnier": 1.0, "gan": 0.5}
+    assert [d.change for d in schedule.calibrate(None) if "gan_delay" in d.change] == [{"gan_delay": (0, 50)}]
+    kept = LossSchedule(cfg, {"charbonnier": 1.0, "gan": 0.5}, 100, {"gan_delay"}, gan_name="gan")
+    assert not [d for d in kept.calibrate(None) if "gan_delay" in d.change]  # the user's, not a decision
+    assert kept.weights_at(50)["gan"] == 0.0  # ... and used all the same
+
+
+def test_a_negative_delay_is_one_error_line(tmp_path):
+    out = train_py("automation.loss_schedule.gan_delay=-1", "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}",
+                   cwd=tmp_path)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and errors == ["error: automation.loss_schedule.gan_delay must be 0 or more "
+                                              "(iterations)"] and "Traceback" not in out.stderr
