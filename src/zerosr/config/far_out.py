@@ -124,8 +124,8 @@ def _check_gan(cfg: DictConfig) -> str | None:
         delay = int(cfg.automation.loss_schedule.gan_delay)
         when = f"it joins after iteration {delay}" if delay else "it trains from the first iteration"
         return (f"train.losses.{index}.weight={weight:g} for a GAN trained from scratch (the preset has no GAN; "
-                f"published recipes use 0.005 to {GAN_WEIGHT_MAX:g}): the adversarial term pulls the network "
-                f"away from the HR and PSNR falls ({when})")
+                f"published recipes use 0.005 to {GAN_WEIGHT_MAX:g}): the adversarial term can outweigh the "
+                f"pixel loss and pull the network away from the HR ({when})")
     return None
 
 
