@@ -279,3 +279,15 @@ def test_without_the_controller_an_early_stop_ends_the_run_at_once():
 def test_cooldown_fraction_out_of_range_is_a_user_error():
     with pytest.raises(UserError, match="cooldown_fraction"):
         controller(cooldown_fraction=1.0)
+
+
+def test_a_restarted_baseline_takes_a_new_loss_level_without_a_blow_up():
+    # A delayed GAN term joins the total loss: ten times the pixel loss, and no blow-up.
+    def jump(restart: bool) -> list:
+        lr = controller()
+        run(lr, [0.03 / (1 + i / 100) for i in range(1, 301)])
+        if restart:
+            lr.restart_loss_baseline()
+        return [d for d in run(lr, [0.3] * 200, start=301) if d.reason.startswith("blow-up")]
+
+    assert jump(restart=False) and jump(restart=True) == []

@@ -52,6 +52,7 @@ def test_before_the_delay_the_gan_is_not_in_the_step_and_after_it_is(data, tmp_p
         # Iterations 1-4: the discriminator never saw an image nor stepped, and the total that was
         # backpropagated is the pixel loss alone.
         assert forwards == [] and d_steps == []
+        assert trainer.suite.lr.steps_seen == 0  # the total is about to include the GAN: LR baseline afresh
         assert all(torch.equal(start[k], v) for k, v in gan.discriminator.state_dict().items())
         for stats in steps:
             assert "loss/gan" not in stats and "loss/discriminator" not in stats

@@ -184,6 +184,13 @@ class LRController(Automation):
     def cooldown_start(self) -> int:
         return self.total_iter - self.cooldown_length(self.total_iter) if self.cut is None else self.cut[0]
 
+    def restart_loss_baseline(self) -> None:
+        """The loss about to be measured is a new quantity (a delayed GAN term joins the total):
+        its jump is neither a blow-up nor progress, so the loss statistics start afresh."""
+        self.smoothed = self.best_loss = self.best_window = None
+        self.window_sum = self.window_sum_sq = 0.0
+        self.window_n = self.steps_seen = 0
+
     def cooling_down(self, iteration: int) -> bool:
         return self.enabled and iteration > self.cooldown_start
 

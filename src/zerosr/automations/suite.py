@@ -33,6 +33,9 @@ class Automations:
         decisions = []
         for automation in (self.clip, self.lr, self.loss_schedule, self.early_stop, self.batch):
             decisions += automation.on_step_end(iteration, stats)
+        schedule = self.loss_schedule
+        if schedule.gan_name is not None and iteration == schedule.gan_delay > 0:  # the GAN joins next step
+            self.lr.restart_loss_baseline()
         return decisions + self.lr.scale_for_batch(old_batch, self.batch.batch_size, iteration)
 
     def on_validation(self, iteration: int, metrics: Mapping[str, float]) -> list[Decision]:
