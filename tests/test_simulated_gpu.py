@@ -188,3 +188,41 @@ def test_a_deterministic_run_on_a_gpu_fixes_the_cublas_workspace(card, data, tmp
     Trainer(compose_config(overrides), tmp_path / "run").close()
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert torch.are_deterministic_algorithms_enabled()
+
+
+def cpu_tier_steps_on_the_card(run_dir: Path, out: subprocess.CompletedProcess, total_bytes: int) -> list[dict]:
+    """What a cpu-tier config did on the simulated card: one warning, then the search and every step
+    within the budget tier's 75 % target. Returns the steps."""
+    assert out.returncode == 0, out.stderr[-3000:]
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "budget tier's target 75%" in warnings[0], out.stderr[-2000:]
+    search = [d for d in records(run_dir, "automation.jsonl") if d["automation"] == "batch"][0]
+    assert "Test card (simulated): largest fitting 75%" in search["reason"]
+    steps = [r for r in records(run_dir, "metrics.jsonl") if "peak_mem_bytes" in r]
+    assert steps and all(0 < r["peak_mem_bytes"] <= 0.75 * total_bytes for r in steps)
+    return steps
+
+
+def test_the_cpu_tier_on_a_gpu_takes_the_detected_tiers_memory_target(data, tmp_path):
+    hardware = tmp_path / "card.json"
+    hardware.write_text(json.dumps({"gpus": [{"name": "Test card", "vram_gb": 0.01, "compute_capability": [7, 5]}]}))
+    overrides = sim_overrides(data, **{"hardware_tier": "cpu", "train.lq_size": 8, "train.total_iter": 4})
+    out = run_train_py(tmp_path, overrides, ZEROSR_FAKE_HARDWARE=str(hardware), ZEROSR_SIMULATE_GPU="1")
+    cpu_tier_steps_on_the_card(tmp_path / "cli", out, int(0.01 * 2**30))
+
+
+def test_a_replayed_cpu_config_trains_on_a_gpu_with_its_target(data, tmp_path):
+    # Resolved on a machine without a GPU (the cpu tier, no VRAM target), replayed on the card.
+    no_gpu, card_file = tmp_path / "none.json", tmp_path / "card.json"
+    no_gpu.write_text(json.dumps({"gpus": [], "cpu_cores": 2}))
+    card_file.write_text(json.dumps({"gpus": [{"name": "Test card", "vram_gb": 0.01, "compute_capability": [7, 5]}]}))
+    made = run_train_py(tmp_path / "laptop", [*sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 4}),
+                                              "dry_run=true"], ZEROSR_FAKE_HARDWARE=str(no_gpu))
+    assert made.returncode == 0, made.stderr[-2000:]
+    resolved = tmp_path / "laptop" / "cli" / "resolved_config.yaml"
+    assert "target_vram_usage: null" in resolved.read_text()
+    replay = ["--config-dir", str(resolved.parent), "--config-name", "resolved_config", "dry_run=false"]
+    out = subprocess.run([sys.executable, "train.py", *replay, f"hydra.run.dir={tmp_path / 'cli'}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "ZEROSR_FAKE_HARDWARE": str(card_file), "ZEROSR_SIMULATE_GPU": "1"})
+    cpu_tier_steps_on_the_card(tmp_path / "cli", out, int(0.01 * 2**30))
