@@ -51,10 +51,10 @@ MIN_CORE = 8  # LR pixels of a tile's core: below this the overlap costs more th
 class Validator:
     def __init__(self, dataset, scale: int, tile: int, device: torch.device, out_dir: Path,
                  images_to_save: int = 3, overlap: int = DEFAULT_OVERLAP,
-                 free_memory: Callable[[], None] = lambda: None):
+                 free_memory: Callable[[], None] = lambda: None, inject_oom: Callable[[], None] = lambda: None):
         self.dataset, self.scale, self.tile, self.overlap = dataset, scale, tile, overlap
         self.device, self.out_dir, self.images_to_save = device, Path(out_dir), images_to_save
-        self.free_memory = free_memory
+        self.free_memory, self.inject_oom = free_memory, inject_oom  # inject_oom: debug.inject_oom_at
         self.baseline = self._bicubic_baseline()
 
     def _upscale(self, model: torch.nn.Module, lq: torch.Tensor) -> torch.Tensor:
@@ -64,6 +64,7 @@ class Validator:
         while True:
             tile = min(self.tile, max(lq.shape[-2:]))
             try:
+                self.inject_oom()
                 return tiled_forward(model, lq, self.scale, tile, self.overlap)
             except torch.OutOfMemoryError:
                 if tile <= smallest:
