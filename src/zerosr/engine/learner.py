@@ -23,6 +23,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch.utils._pytree import tree_map
 
 from zerosr import archs
 from zerosr.engine import distributed
@@ -82,10 +83,17 @@ class Learner:
         # torchrun: DistributedDataParallel. `sync` marks steps whose collectives every rank joins.
         self.model = distributed.wrap(module, device)
         self.sync = distributed.is_distributed()
-        # Compiled on a real GPU only: the simulated card runs eager on the CPU.
-        self.forward = torch.compile(self.model) if tier.compile and accelerator.kind == "cuda" else self.model
+        self.forward = self.model  # `compile()` replaces it once the start-up probes are done
+        self._compile = bool(tier.compile) and accelerator.compiles
         self._for_discriminator: tuple[torch.Tensor, torch.Tensor] | None = None
         self.injection = OomInjection(cfg.debug.inject_oom_at)  # the caller says which iteration runs
+
+    def compile(self) -> None:
+        """torch.compile the training forward (hardware_tier.compile, real GPUs only), once, after
+        the start-up search: it traces at the first step, for the chosen batch and patch shape,
+        instead of once for every probed shape."""
+        if self._compile and self.forward is self.model:
+            self.forward = torch.compile(self.model)
 
     # --- state: one list of parts for checkpoints, rollbacks and probes -------------------------
     def parts(self) -> dict:
@@ -101,8 +109,11 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
 
     def snapshot(self) -> dict:
-        """An in-memory copy of every part (a rollback target before the first checkpoint)."""
-        return copy.deepcopy(self.state_dict())
+        """A copy of every part in host memory (a rollback target before the first checkpoint, and
+        what a probe restores): on the device it would take the memory the probes measure."""
+        with self.accelerator.host():
+            return tree_map(lambda value: value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor)
+                            else copy.deepcopy(value), self.state_dict())
 
     @contextlib.contextmanager
     def probing(self):

@@ -72,7 +72,8 @@ class Trainer:
                                   prefetch_factor=tier.prefetch_factor)
         self.validator = Validator(self.data.val, cfg.scale, train.val_tile, self.device,
                                    self.run_dir / "visualization", free_memory=accelerator.free_cache,
-                                   inject_oom=lambda: self.learner.injection.fire("validation"))
+                                   inject_oom=lambda: self.learner.injection.fire("validation"),
+                                   host=accelerator.host)
         self.logger = RunLogger(self.run_dir, enabled=distributed.is_main())  # rank 0 writes the logs
         gan = self.learner.objective.gan
         self.suite = build_automations(
@@ -246,7 +247,8 @@ class Trainer:
         # The peak this step reads back is this step's alone: validation, saving and earlier steps
         # stay out of the memory watch's window.
         self.accelerator.reset_peak()
-        batches = [self.stream.next_batch() for _ in range(self.grad_accum)]
+        with self.accelerator.host():  # a GPU run loads into host memory; the forward moves the batch
+            batches = [self.stream.next_batch() for _ in range(self.grad_accum)]
         if len(batches) == 1:
             lq, gt = batches[0]["lq"], batches[0]["gt"]
         else:
@@ -261,7 +263,11 @@ class Trainer:
             # Out of memory anywhere in the step: the batch halves, the LR follows, the same samples go again.
             learner.recover_from_oom()
             self.faults["oom_retried"] += 1
-            self.record(suite.on_oom(it))
+            try:
+                decisions = suite.on_oom(it)
+            except UserError as error:  # it cannot shrink: say which card
+                raise UserError(f"{self.accelerator.name}: {error}" if self.accelerator.is_gpu else str(error)) from None
+            self.record(decisions)
             self.apply_batch(suite.batch.batch_size)
             self._apply_lr(it)
 
