@@ -19,9 +19,9 @@ from test_train import make_dataset
 ROOT = Path(__file__).resolve().parents[1]
 # (card, tier, its target): capability < 8 runs fp16 with a GradScaler, >= 8 bf16.
 CARDS = {
-    "fp16_4gb_class": ({"name": "GTX 1650 (scaled down)", "vram_gb": 0.0035, "compute_capability": [7, 5]},
+    "fp16_4gb_class": ({"name": "GTX 1650 (scaled down)", "vram_gb": 0.002, "compute_capability": [7, 5]},
                        "budget", 0.75),
-    "bf16_24gb_class": ({"name": "RTX 3090 (scaled down)", "vram_gb": 0.0035, "compute_capability": [8, 6]},
+    "bf16_24gb_class": ({"name": "RTX 3090 (scaled down)", "vram_gb": 0.002, "compute_capability": [8, 6]},
                         "high_end", 0.88),
 }
 
@@ -95,9 +95,10 @@ def test_a_searched_gan_run_survives_an_oom_at_every_point(kind, large_data, tmp
 
 def test_bench_gpu_on_a_simulated_card_searches_within_target_and_near_the_largest_fit(tmp_path):
     hardware = tmp_path / "card.json"
-    hardware.write_text(json.dumps({"gpus": [CARDS["bf16_24gb_class"][0]], "cpu_cores": 2}))
+    # 30 MiB and 16px patches: the demo's validation fits, and memory (not max_batch_size) bounds the batch.
+    hardware.write_text(json.dumps({"gpus": [{**CARDS["bf16_24gb_class"][0], "vram_gb": 0.03}], "cpu_cores": 2}))
     out = subprocess.run([sys.executable, "bench/gpu.py", "--simulate", str(hardware), "--tier", "high_end",
-                          "--archs", "nano", "--lq", "8", "--steps", "3", "--agreement-steps", "3",
+                          "--archs", "nano", "--lq", "16", "--steps", "3", "--agreement-steps", "3",
                           "--num-workers", "0"], cwd=ROOT, capture_output=True, text=True,
                          timeout=900, env={**os.environ, "ZEROSR_CACHE_DIR": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-3000:]

@@ -2,7 +2,7 @@
 
 Entries are `N` (the generator's forward at iteration N) or `POINT:N`, with POINT one of
 `forward`, `backward`, `discriminator` (a GAN's discriminator step), `optimizer` (the optimizer
-step) and `validation` (the first tile of the validation after iteration N). Each fires once, as
+step) and `validation` (as the validation after iteration N starts its first image). Each fires once, as
 a `torch.OutOfMemoryError` raised where that point really runs, so the recovery under test is the
 one a real card's error takes; the retry then goes through.
 """
