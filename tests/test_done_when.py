@@ -19,9 +19,9 @@ from test_train import make_dataset
 ROOT = Path(__file__).resolve().parents[1]
 # (card, tier, its target): capability < 8 runs fp16 with a GradScaler, >= 8 bf16.
 CARDS = {
-    "fp16_4gb_class": ({"name": "GTX 1650 (scaled down)", "vram_gb": 0.002, "compute_capability": [7, 5]},
+    "fp16_4gb_class": ({"name": "GTX 1650 (scaled down)", "vram_gb": 0.0035, "compute_capability": [7, 5]},
                        "budget", 0.75),
-    "bf16_24gb_class": ({"name": "RTX 3090 (scaled down)", "vram_gb": 0.002, "compute_capability": [8, 6]},
+    "bf16_24gb_class": ({"name": "RTX 3090 (scaled down)", "vram_gb": 0.0035, "compute_capability": [8, 6]},
                         "high_end", 0.88),
 }
 
