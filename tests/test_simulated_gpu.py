@@ -97,29 +97,6 @@ def test_a_bf16_card_runs_bf16_without_a_scaler(card, data):
         assert learner.forward(torch.rand(1, 3, 8, 8)).dtype == torch.bfloat16
 
 
-def test_a_real_run_searches_then_keeps_its_batch_under_the_watch(card, data, tmp_path):
-    # A card of 3.6 MiB: the search is bound by memory at 8px patches (not by max_batch_size), and
-    # the watch judges 300 iterations in 30 windows, with two validations between them.
-    sim = card(0.0035, capability=(8, 6))
-    run_dir = tmp_path / "run"
-    train(compose_config(sim_overrides(data, **{
-        "train.lq_size": 8, "train.total_iter": 300, "train.val_freq": 150, "train.save_freq": 300,
-        "train.log_freq": 1, "automation.batch.adjust_every": 10, "automation.batch.max_batch_size": 64,
-        "automation.early_stop.enabled": False})), run_dir)
-    decisions = [d for d in records(run_dir, "automation.jsonl") if d["automation"] == "batch"]
-    search = decisions[0]
-    assert search["iter"] == 0 and "Test card (simulated)" in search["reason"]
-    searched = search["change"]["batch_size"][1]
-    steps = [r for r in records(run_dir, "metrics.jsonl") if "peak_mem_bytes" in r]
-    assert len(steps) == 300
-    target = 0.75 * sim.total_memory()  # the budget tier's target
-    assert 2 < searched < 64
-    assert all(0 < r["peak_mem_bytes"] <= target for r in steps)
-    assert steps[-1]["batch_size"] >= searched / 2
-    assert not [d for d in decisions if "shrink" in d["reason"]]
-    assert len([r for r in records(run_dir, "metrics.jsonl") if "val/psnr" in r]) == 2
-
-
 def poison_gradients_at(monkeypatch, calls: set[int]) -> list[float]:
     """An infinite gradient (the loss stays finite) at the given steps; returns the scaler's
     scale as each step began."""
@@ -168,11 +145,13 @@ def run_train_py(tmp_path, overrides, **env) -> subprocess.CompletedProcess:
 def test_a_card_too_small_for_batch_1_is_one_error_line_naming_it(data, tmp_path):
     hardware = tmp_path / "tiny.json"
     hardware.write_text(json.dumps({"gpus": [{"name": "Thimble", "vram_gb": 0.0005, "compute_capability": [8, 6]}]}))
-    out = run_train_py(tmp_path, sim_overrides(data), ZEROSR_FAKE_HARDWARE=str(hardware), ZEROSR_SIMULATE_GPU="1")
-    assert out.returncode == 2, out.stderr[-2000:]
-    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Thimble (simulated)" in errors[0] and "not even batch 1" in errors[0]
-    assert "Traceback" not in out.stderr
+    for iterations, says in ((120, "not even batch 1"), (6, "out of memory even at batch 1")):  # searched, or not
+        out = run_train_py(tmp_path, sim_overrides(data, **{"train.total_iter": iterations}),
+                           ZEROSR_FAKE_HARDWARE=str(hardware), ZEROSR_SIMULATE_GPU="1")
+        assert out.returncode == 2, out.stderr[-2000:]
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Thimble (simulated)" in errors[0] and says in errors[0], errors
+        assert "Traceback" not in out.stderr
 
 
 def test_simulating_without_a_card_is_one_error_line(data, tmp_path):
@@ -188,3 +167,41 @@ def test_a_deterministic_run_on_a_gpu_fixes_the_cublas_workspace(card, data, tmp
     Trainer(compose_config(overrides), tmp_path / "run").close()
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert torch.are_deterministic_algorithms_enabled()
+
+
+def cpu_tier_steps_on_the_card(run_dir: Path, out: subprocess.CompletedProcess, total_bytes: int) -> list[dict]:
+    """What a cpu-tier config did on the simulated card: one warning, then the search and every step
+    within the budget tier's 75 % target. Returns the steps."""
+    assert out.returncode == 0, out.stderr[-3000:]
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "budget tier's target 75%" in warnings[0], out.stderr[-2000:]
+    search = [d for d in records(run_dir, "automation.jsonl") if d["automation"] == "batch"][0]
+    assert "Test card (simulated): largest fitting 75%" in search["reason"]
+    steps = [r for r in records(run_dir, "metrics.jsonl") if "peak_mem_bytes" in r]
+    assert steps and all(0 < r["peak_mem_bytes"] <= 0.75 * total_bytes for r in steps)
+    return steps
+
+
+def test_the_cpu_tier_on_a_gpu_takes_the_detected_tiers_memory_target(data, tmp_path):
+    hardware = tmp_path / "card.json"
+    hardware.write_text(json.dumps({"gpus": [{"name": "Test card", "vram_gb": 0.01, "compute_capability": [7, 5]}]}))
+    overrides = sim_overrides(data, **{"hardware_tier": "cpu", "train.lq_size": 8, "train.total_iter": 120})
+    out = run_train_py(tmp_path, overrides, ZEROSR_FAKE_HARDWARE=str(hardware), ZEROSR_SIMULATE_GPU="1")
+    cpu_tier_steps_on_the_card(tmp_path / "cli", out, int(0.01 * 2**30))
+
+
+def test_a_replayed_cpu_config_trains_on_a_gpu_with_its_target(data, tmp_path):
+    # Resolved on a machine without a GPU (the cpu tier, no VRAM target), replayed on the card.
+    no_gpu, card_file = tmp_path / "none.json", tmp_path / "card.json"
+    no_gpu.write_text(json.dumps({"gpus": [], "cpu_cores": 2}))
+    card_file.write_text(json.dumps({"gpus": [{"name": "Test card", "vram_gb": 0.01, "compute_capability": [7, 5]}]}))
+    made = run_train_py(tmp_path / "laptop", [*sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 120}),
+                                              "dry_run=true"], ZEROSR_FAKE_HARDWARE=str(no_gpu))
+    assert made.returncode == 0, made.stderr[-2000:]
+    resolved = tmp_path / "laptop" / "cli" / "resolved_config.yaml"
+    assert "target_vram_usage: null" in resolved.read_text()
+    replay = ["--config-dir", str(resolved.parent), "--config-name", "resolved_config", "dry_run=false"]
+    out = subprocess.run([sys.executable, "train.py", *replay, f"hydra.run.dir={tmp_path / 'cli'}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "ZEROSR_FAKE_HARDWARE": str(card_file), "ZEROSR_SIMULATE_GPU": "1"})
+    cpu_tier_steps_on_the_card(tmp_path / "cli", out, int(0.01 * 2**30))

@@ -146,7 +146,9 @@ def test_start_up_probes_leave_a_gan_discriminator_untouched(data, tmp_path):
 
     gan = ("[{_target_:zerosr.losses.CharbonnierLoss,weight:1.0},"
            "{_target_:zerosr.losses.GANLoss,weight:0.05,discriminator:{_target_:zerosr.losses.UNetDiscriminatorSN,num_feat:8}}]")
+    # 400 iterations: a run long enough for the search (nothing trains here).
     trainer = Trainer(compose_config(auto_overrides(data, **{"automation.batch.enabled": True, "train.losses": gan,
+                                                             "train.total_iter": 400,
                                                              "train.deterministic": False})),
                       tmp_path / "run")
     learner = trainer.learner

@@ -4,7 +4,10 @@ GPU tiers. `find_batch_size` runs real training steps (`try_batch(batch, lq_size
 the peak memory in bytes or raises `torch.OutOfMemoryError`): doubling, then a binary search
 between the last size that fit and the first that did not (Lightning's BatchSizeFinder). A size
 fits when its peak stays within the budget `(target_vram_usage - safety_margin) * total_memory`;
-the margin covers what the probe does not see (fragmentation, validation, the loader).
+the margin covers what the probe does not see (fragmentation, the loader). Its cost is bounded:
+`cost_bound` is the number of steps at the starting size it may spend (the caller gives a small
+share of the run); a probe costs `PROBE_STEPS` steps scaled by its samples x pixels against the
+start, and once a fitting size is known no probe past the bound runs.
 
 While training, `BatchController` compares the peak memory of each `adjust_every`-iteration window
 with the target: over `target_vram_usage` it shrinks, under the budget it grows (at most 2x), and
@@ -19,6 +22,7 @@ fastest. (Ties went to the smallest size before; measured on bsd100, nano, 524 i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -28,6 +32,8 @@ from zerosr.automations.base import Automation, Decision, param
 from zerosr.errors import UserError
 
 CPU_THROUGHPUT_TOLERANCE = 0.05
+PROBE_STEPS = 2  # real steps per probe: Adam allocates its state on the first
+NOT_RUN = "not run: past the search's cost bound"
 
 
 @dataclass(frozen=True)
@@ -59,9 +65,14 @@ def lq_candidates(preferred: int, low: int, high: int, step: int = 16) -> list[i
     return [preferred] + others
 
 
+def probe_cost(batch: int, lq: int, start: int, start_lq: int) -> float:
+    """A probe's cost in steps at (`start`, `start_lq`): step time grows with samples x pixels."""
+    return PROBE_STEPS * batch * lq * lq / (start * start_lq * start_lq)
+
+
 def find_batch_size(try_batch: Callable[[int, int], float | None], start: int, max_batch: int,
                     lq_sizes: Sequence[int], target_fraction: float, margin: float, total_memory: int,
-                    min_batch: int = 1) -> tuple[int, int, list[Probe]]:
+                    min_batch: int = 1, cost_bound: float = math.inf) -> tuple[int, int, list[Probe]]:
     """Largest batch (and patch size) whose real step fits the memory budget.
 
     `lq_sizes[0]` is the preferred patch size. Larger sizes in the list are tried only when the
@@ -75,8 +86,16 @@ def find_batch_size(try_batch: Callable[[int, int], float | None], start: int, m
     budget = memory_budget(total_memory, target_fraction, margin)
     probes: dict[tuple[int, int], Probe] = {}
 
+    start = max(min_batch, min(start, max_batch))
+    spent = [0.0]
+
     def fits(batch: int, lq: int) -> bool:
         if (batch, lq) not in probes:
+            cost = probe_cost(batch, lq, start, lq_sizes[0])
+            if spent[0] + cost > cost_bound and any(p.fits for p in probes.values()):
+                probes[(batch, lq)] = Probe(batch, lq, None, False, NOT_RUN)
+                return False
+            spent[0] += cost
             try:
                 peak = try_batch(batch, lq)
             except torch.OutOfMemoryError:
@@ -90,7 +109,7 @@ def find_batch_size(try_batch: Callable[[int, int], float | None], start: int, m
     def largest(lq: int) -> int:
         """0 when not even `min_batch` fits."""
         low, high = 0, None  # low fits (0: none known), high fails (None: none known)
-        batch = max(min_batch, min(start, max_batch))
+        batch = start
         while batch >= min_batch and not fits(batch, lq):
             # Halve, but try min_batch itself before giving up on this patch size.
             high, batch = batch, (min_batch if batch // 2 < min_batch < batch else batch // 2)
@@ -103,8 +122,8 @@ def find_batch_size(try_batch: Callable[[int, int], float | None], start: int, m
                 low = batch
             else:
                 high = batch
-        # Binary search to within 10 %: each probe is a real step, and 90 % of the best is enough.
-        while high is not None and high - low > max(1, low // 10):
+        # Binary search to within 3 %: each probe is a real step, and 97 % of the best is enough.
+        while high is not None and high - low > max(1, low // 32):
             mid = (low + high) // 2
             if fits(mid, lq):
                 low = mid
@@ -130,7 +149,7 @@ def find_batch_size(try_batch: Callable[[int, int], float | None], start: int, m
     return batch, lq, list(probes.values())
 
 
-def peak_memory_of(step: Callable[[], None], memory, repeats: int = 2) -> int | None:
+def peak_memory_of(step: Callable[[], None], memory, repeats: int = PROBE_STEPS) -> int | None:
     """Peak allocated device memory of `repeats` calls of `step` (a full forward, backward and
     optimizer step), read from `memory` (the engine's accelerator: `is_gpu`, `synchronize()`,
     `free_cache()`, `peak_bytes()`). Two by default, because Adam allocates its state on the first

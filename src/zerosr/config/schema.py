@@ -167,7 +167,7 @@ class TrainConfig:
 
 @dataclass
 class DebugConfig:
-    inject_oom_at: list[int] = field(default_factory=list)  # iterations that raise a real out-of-memory error
+    inject_oom_at: list[Any] = field(default_factory=list)  # ITER or POINT:ITER: a real out-of-memory error there
     inject_nan_at: list[int] = field(default_factory=list)  # iterations whose loss is made NaN
     kill_at: list[str] = field(default_factory=list)  # POINT:ITER, see zerosr.engine.killpoints
 

@@ -37,6 +37,7 @@ SIMULATE_ENV = "ZEROSR_SIMULATE_GPU"
 class CpuAccelerator:
     kind = "cpu"
     is_gpu = False
+    compiles = False  # torch.compile pays off on a real GPU only (the simulated card runs eager)
 
     def __init__(self):
         self.device = torch.device("cpu")
@@ -72,10 +73,16 @@ class CpuAccelerator:
         """The context a run trains in (the simulated card counts memory inside it)."""
         return contextlib.nullcontext()
 
+    def host(self):
+        """Work that a GPU run does in host memory (loading batches, scoring and saving images):
+        the simulated card does not count what is made there until the device reads it."""
+        return contextlib.nullcontext()
+
 
 class CudaAccelerator(CpuAccelerator):
     kind = "cuda"
     is_gpu = True
+    compiles = True
 
     def __init__(self, index: int):
         self.device = torch.device("cuda", index)
@@ -119,6 +126,8 @@ class _LiveStorage(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if self.card.on_host:
+            return out
         self.card._track(tree_leaves(args), raise_oom=False)
         self.card._track(tree_leaves(out), raise_oom=True)
         return out
@@ -136,6 +145,7 @@ class SimulatedAccelerator(CpuAccelerator):
         self.live: dict[int, tuple[weakref.ref, int]] = {}
         self.allocated = 0
         self.peak = 0
+        self.on_host = 0  # inside `host()`: nothing is counted
         self._lock = threading.Lock()  # storages may be freed from another thread (the loader's)
 
     @property
@@ -163,6 +173,14 @@ class SimulatedAccelerator(CpuAccelerator):
 
     def active(self):
         return _LiveStorage(self)
+
+    @contextlib.contextmanager
+    def host(self):
+        self.on_host += 1
+        try:
+            yield
+        finally:
+            self.on_host -= 1
 
     def _freed(self, key: int, nbytes: int) -> None:
         with self._lock:

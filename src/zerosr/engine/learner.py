@@ -5,10 +5,12 @@ its EMA, the optimizer, the precision (autocast and GradScaler) and the objectiv
 weights, a GAN's discriminator and its optimizer). Those five stateful parts are listed once, in
 `parts()`, which serves the checkpoint, the rollback and the start-up probes alike.
 
-One training step is `forward_backward` (every chunk of the step's samples, retried at a smaller
-chunk size after an out-of-memory error), `clip`, then `apply` or `discard` once the caller has
-read the step's numbers back and judged them. Everything stays on the device until that one
-readback: the per-chunk losses are summed as tensors, and the gradient norm is a tensor too.
+One training step is `forward_backward` (every chunk of the step's samples), `clip` (with a GAN,
+the discriminator's backward too), then `apply` (the optimizer steps) or `skip` once the caller
+has read the step's numbers back and judged them. Everything stays on the device until that one
+readback: the per-chunk losses are summed as tensors, and the gradient norm is a tensor too. An
+out-of-memory error in any of them leaves the learner as before the step once `recover_from_oom`
+ran, so the caller can retry the same samples at a smaller chunk size.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch.utils._pytree import tree_map
 
 from zerosr import archs
 from zerosr.engine import distributed
 from zerosr.engine.accelerator import CpuAccelerator
 from zerosr.engine.ema import ModelEMA
+from zerosr.engine.injection import OomInjection
 from zerosr.engine.objective import build_objective
 from zerosr.engine.precision import make_precision
 from zerosr.errors import UserError
@@ -75,12 +78,22 @@ class Learner:
         self.ema = ModelEMA(module, train.ema_decay)
         self.optimizer = build_optimizer(train.optimizer, module.parameters())
         self.objective = build_objective(train.losses, device, train.lr * train.lr_scale)
+        self._param_counts = {id(opt): sum(len(group["params"]) for group in opt.param_groups)
+                              for opt in self._optimizers()}
         # torchrun: DistributedDataParallel. `sync` marks steps whose collectives every rank joins.
         self.model = distributed.wrap(module, device)
         self.sync = distributed.is_distributed()
-        # Compiled on a real GPU only: the simulated card runs eager on the CPU.
-        self.forward = torch.compile(self.model) if tier.compile and accelerator.kind == "cuda" else self.model
+        self.forward = self.model  # `compile()` replaces it once the start-up probes are done
+        self._compile = bool(tier.compile) and accelerator.compiles
         self._for_discriminator: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.injection = OomInjection(cfg.debug.inject_oom_at)  # the caller says which iteration runs
+
+    def compile(self) -> None:
+        """torch.compile the training forward (hardware_tier.compile, real GPUs only), once, after
+        the start-up search: it traces at the first step, for the chosen batch and patch shape,
+        instead of once for every probed shape."""
+        if self._compile and self.forward is self.model:
+            self.forward = torch.compile(self.model)
 
     # --- state: one list of parts for checkpoints, rollbacks and probes -------------------------
     def parts(self) -> dict:
@@ -96,8 +109,11 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
 
     def snapshot(self) -> dict:
-        """An in-memory copy of every part (a rollback target before the first checkpoint)."""
-        return copy.deepcopy(self.state_dict())
+        """A copy of every part in host memory (a rollback target before the first checkpoint, and
+        what a probe restores): on the device it would take the memory the probes measure."""
+        with self.accelerator.host():
+            return tree_map(lambda value: value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor)
+                            else copy.deepcopy(value), self.state_dict())
 
     @contextlib.contextmanager
     def probing(self):
@@ -129,21 +145,9 @@ class Learner:
 
     # --- one step ------------------------------------------------------------------------------
     def forward_backward(self, lq: torch.Tensor, gt: torch.Tensor, chunk_size: int,
-                         on_oom: Callable[[], int], poison: bool = False,
-                         inject_oom: bool = False) -> StepTensors:
-        """Loss and gradients of all the step's samples, `chunk_size` at a time. After an
-        out-of-memory error `on_oom()` gives the smaller chunk size and the same samples go again."""
-        while True:
-            try:
-                return self._accumulate(lq, gt, chunk_size, poison, inject_oom)
-            except torch.OutOfMemoryError:
-                pass  # leave the except block first: its traceback keeps the failed graph alive
-            inject_oom = False  # an injected failure happens once, so the retry goes through
-            self.discard()
-            self.free_memory()
-            chunk_size = on_oom()
-
-    def _accumulate(self, lq, gt, chunk_size, poison, inject_oom) -> StepTensors:
+                         poison: bool = False) -> StepTensors:
+        """Loss and gradients of all the step's samples, `chunk_size` at a time. Raises
+        torch.OutOfMemoryError (under torchrun on every rank together) for the caller to retry."""
         samples = lq.shape[0]
         starts = list(range(0, samples, chunk_size))
         total, parts, failed = None, {}, None
@@ -157,8 +161,6 @@ class Learner:
                                              share, last, poison, failed)
             if failed is not None:
                 continue  # under DDP: on to the last chunk, where the ranks learn of it together
-            if inject_oom and index == 0:
-                raise torch.OutOfMemoryError("debug.inject_oom_at: injected out-of-memory")
             chunk_total, chunk_parts = result
             total = chunk_total * share if total is None else total + chunk_total * share
             for name, value in chunk_parts.items():
@@ -176,6 +178,7 @@ class Learner:
                     lq = lq.contiguous(memory_format=torch.channels_last)
                 with self.precision.autocast():
                     sr = self.forward(lq)
+                    self.injection.fire("forward")  # debug.inject_oom_at: with the activations held
                     total, parts = self.objective.generator_loss(sr.float(), gt)
             except torch.OutOfMemoryError as error:
                 oom = str(error)
@@ -189,6 +192,8 @@ class Learner:
             raise torch.OutOfMemoryError(oom)
         if poison:  # debug.inject_nan_at: a loss that really is non-finite, through the real path
             total = total * float("nan")
+        if self.injection.armed("backward"):  # raised inside autograd, half-way through the backward
+            sr.register_hook(lambda grad: self.injection.fire("backward"))
         try:
             self.precision.scaler.scale(total * share).backward()
         except torch.OutOfMemoryError:
@@ -209,19 +214,71 @@ class Learner:
         self.precision.scaler.unscale_(self.optimizer)
         step.norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), threshold)
         if self._for_discriminator is not None:
-            step.discriminator = self.objective.discriminator_backward(
-                *self._for_discriminator, self.precision.autocast, self.precision.scaler)
+            discriminator = self.objective.gan.discriminator
+            # debug.inject_oom_at=[discriminator:N]: raised after the discriminator's first forward.
+            hook = (discriminator.register_forward_hook(lambda *_: self.injection.fire("discriminator"))
+                    if self.injection.armed("discriminator") else None)
+            try:
+                with self._fatal_under_torchrun("the discriminator step"):
+                    step.discriminator = self.objective.discriminator_backward(
+                        *self._for_discriminator, self.precision.autocast, self.precision.scaler)
+            finally:
+                if hook is not None:
+                    hook.remove()
             self._for_discriminator = None
 
     def apply(self) -> None:
-        """Take the step (both optimizers), update the EMA."""
+        """Take the step (both optimizers), update the EMA. After an out-of-memory error no
+        optimizer keeps state it began to create in this step (Adam's first step allocates it);
+        an error inside the update itself, once the state exists, can leave that update partly
+        applied before the retry applies it whole."""
         scaler = self.precision.scaler
-        scaler.step(self.optimizer)
-        if self.objective.gan_active:  # an inactive GAN (before its delay is over) has no gradients
-            scaler.step(self.objective.gan.optimizer)
+        # An inactive GAN (before its delay is over) has no gradients: its optimizer does not step.
+        optimizers = [opt for opt in self._optimizers() if opt is self.optimizer or self.objective.gan_active]
+        fresh = [(opt, p) for opt in optimizers if len(opt.state) < self._param_counts[id(opt)]
+                 for group in opt.param_groups for p in group["params"] if p not in opt.state]
+        try:
+            with self._fatal_under_torchrun("the optimizer step"):
+                self.injection.fire("optimizer")
+                for optimizer in optimizers:
+                    scaler.step(optimizer)
+        except torch.OutOfMemoryError:
+            for optimizer, p in fresh:
+                optimizer.state.pop(p, None)
+            raise
         scaler.update()  # once per iteration, after every optimizer stepped
         self.discard()
         self.ema.update(self.module)
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        gan = self.objective.gan
+        return [self.optimizer] + ([gan.optimizer] if gan is not None else [])
+
+    @contextlib.contextmanager
+    def _fatal_under_torchrun(self, where: str):
+        """Under torchrun the other ranks go on (or wait in a collective): no retry can line up."""
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            if not self.sync:
+                raise
+            raise UserError(f"out of memory in {where} on rank {distributed.rank()}: under torchrun this ends "
+                            "the run; resume with train.resume=auto and a smaller train.batch_size or "
+                            "train.lq_size") from None
+
+    def recover_from_oom(self) -> None:
+        """After an out-of-memory error anywhere in a step (call it outside the `except` block): no
+        gradients, the discriminator frozen again, no half-taken GradScaler step, the cache freed."""
+        self.discard()
+        gan = self.objective.gan
+        if gan is not None:
+            gan.discriminator.requires_grad_(False)  # its step turns them on, and may have failed inside
+        scaler = self.precision.scaler
+        if scaler.is_enabled():  # a scaler that unscaled an optimizer refuses to again before update()
+            fresh = torch.amp.GradScaler(self.device.type)
+            fresh.load_state_dict(scaler.state_dict())
+            self.precision.scaler = fresh
+        self.free_memory()
 
     def discard(self) -> None:
         """Drop the step's gradients (a skipped step, or one that failed part-way)."""
@@ -242,7 +299,7 @@ class Learner:
     def train_on(self, lq: torch.Tensor, gt: torch.Tensor, lr: float) -> float:
         """One whole plain iteration on given tensors at `lr` (the start-up probes); returns the loss."""
         self.set_lr(lr)
-        step = self._accumulate(lq, gt, lq.shape[0], poison=False, inject_oom=False)
+        step = self.forward_backward(lq, gt, lq.shape[0])
         self.clip(step, float("inf"))
         loss = float(step.total)
         self.apply()

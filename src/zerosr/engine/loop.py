@@ -71,7 +71,9 @@ class Trainer:
                                   num_workers=tier.num_workers, pin_memory=tier.pin_memory and accelerator.kind == "cuda",
                                   prefetch_factor=tier.prefetch_factor)
         self.validator = Validator(self.data.val, cfg.scale, train.val_tile, self.device,
-                                   self.run_dir / "visualization", free_memory=accelerator.free_cache)
+                                   self.run_dir / "visualization", free_memory=accelerator.free_cache,
+                                   inject_oom=lambda: self.learner.injection.fire("validation"),
+                                   host=accelerator.host)
         self.logger = RunLogger(self.run_dir, enabled=distributed.is_main())  # rank 0 writes the logs
         gan = self.learner.objective.gan
         self.suite = build_automations(
@@ -82,7 +84,7 @@ class Trainer:
             total_memory=accelerator.total_memory())
         # Read once: the step runs thousands of times and must not touch the config.
         self.grad_accum = int(train.grad_accum)
-        self.inject_nan_at, self.inject_oom_at = set(cfg.debug.inject_nan_at), set(cfg.debug.inject_oom_at)
+        self.inject_nan_at = set(cfg.debug.inject_nan_at)  # debug.inject_oom_at: see learner.injection
         self.deadline: float | None = None  # train.max_minutes, as a perf_counter() time
         self.cooldown_due_at: float | None = None  # ... and when the LR cool-down must begin
         self.loop_began_at = 0  # the iteration this process's loop started from
@@ -245,21 +247,35 @@ class Trainer:
         # The peak this step reads back is this step's alone: validation, saving and earlier steps
         # stay out of the memory watch's window.
         self.accelerator.reset_peak()
-        batches = [self.stream.next_batch() for _ in range(self.grad_accum)]
+        with self.accelerator.host():  # a GPU run loads into host memory; the forward moves the batch
+            batches = [self.stream.next_batch() for _ in range(self.grad_accum)]
         if len(batches) == 1:
             lq, gt = batches[0]["lq"], batches[0]["gt"]
         else:
             lq, gt = torch.cat([b["lq"] for b in batches]), torch.cat([b["gt"] for b in batches])
 
-        def on_oom() -> int:  # the batch halves, the LR follows, the same samples go again
+        learner.injection.at(it)
+        while True:
+            try:
+                return self._attempt(it, lq, gt)
+            except torch.OutOfMemoryError:
+                pass  # leave the except block first: its traceback keeps the failed step's tensors alive
+            # Out of memory anywhere in the step: the batch halves, the LR follows, the same samples go again.
+            learner.recover_from_oom()
             self.faults["oom_retried"] += 1
-            self.record(suite.on_oom(it))
+            try:
+                decisions = suite.on_oom(it)
+            except UserError as error:  # it cannot shrink: say which card
+                raise UserError(f"{self.accelerator.name}: {error}" if self.accelerator.is_gpu else str(error)) from None
+            self.record(decisions)
             self.apply_batch(suite.batch.batch_size)
             self._apply_lr(it)
-            return suite.batch.batch_size
 
-        out = learner.forward_backward(lq, gt, suite.batch.batch_size, on_oom,
-                                       poison=it in self.inject_nan_at, inject_oom=it in self.inject_oom_at)
+    def _attempt(self, it: int, lq: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
+        """The step on these samples at the current batch size: forward and backward, clip, one
+        readback, then the update or a skip. Raises torch.OutOfMemoryError for `step` to retry."""
+        learner, suite = self.learner, self.suite
+        out = learner.forward_backward(lq, gt, suite.batch.batch_size, poison=it in self.inject_nan_at)
         threshold = suite.clip.threshold
         learner.clip(out, threshold)
         self.iteration = it

@@ -50,13 +50,14 @@ def start_up(trainer: Trainer) -> None:
         if suite.batch.enabled and "batch_size" not in user_set:
             batch, lq, decision = search_batch_size(learner, cfg, trainer.stream.batch_size,
                                                     int(trainer.data.train.lq_size), "lq_size" in user_set,
-                                                    trainer.data.train.largest_lq_size)
+                                                    trainer.data.train.largest_lq_size, trainer.validator)
             trainer.record([decision] + suite.adopt_batch(0, batch))
             trainer.apply_batch(batch, lq)
         scores = None
         if suite.analyse_batches:
-            scores = analyse_dataset(trainer.data.train, trainer.stream.batch_size, cfg.train.seed,
-                                     suite.analyse_batches)
+            with trainer.accelerator.host():  # the loader's batches, read on the host in any run
+                scores = analyse_dataset(trainer.data.train, trainer.stream.batch_size, cfg.train.seed,
+                                         suite.analyse_batches)
             trainer.logger.log_validation(0, {f"data/{k}": v for k, v in scores.items()})
             print("analysis     " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in scores.items()), flush=True)
         trainer.record(suite.loss_schedule.calibrate(scores))
@@ -92,6 +93,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         print(f"resumed      from {resumed} at iteration {trainer.iteration}", flush=True)
     else:
         start_up(trainer)
+    trainer.learner.compile()  # after the search: one trace, for the shape it chose
     train_cfg = cfg.train
     total, log_freq = int(train_cfg.total_iter), int(train_cfg.log_freq)
     val_freq, save_freq = int(train_cfg.val_freq), int(train_cfg.save_freq)

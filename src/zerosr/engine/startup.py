@@ -17,10 +17,11 @@ from omegaconf import DictConfig
 
 from zerosr.automations import analyse, cpu_batch_size, find_batch_size, lr_range_test, peak_memory_of
 from zerosr.automations.base import Decision
-from zerosr.automations.batch import lq_candidates, memory_size
+from zerosr.automations.batch import NOT_RUN, PROBE_STEPS, lq_candidates, memory_size
 from zerosr.automations.lr import LRController
 from zerosr.engine.data import BatchStream
 from zerosr.engine.learner import Learner
+from zerosr.engine.validation import Validator
 from zerosr.errors import UserError
 
 
@@ -31,18 +32,37 @@ def _synthetic_step(learner: Learner, batch: int, lq_size: int, scale: int) -> f
     return learner.train_on(lq, gt, learner.optimizer.param_groups[0]["lr"])
 
 
+SEARCH_SHARE = 0.05  # of the run's expected steps: the most the start-up batch search may cost
+
+
 def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: int,
-                      keep_lq_size: bool, largest_lq: int | None = None) -> tuple[int, int, Decision]:
+                      keep_lq_size: bool, largest_lq: int | None = None,
+                      validator: Validator | None = None) -> tuple[int, int, Decision]:
     """The largest batch (and patch) fitting the tier's memory target (GPU), or the fastest batch
     within a RAM budget (CPU), starting from (`batch`, `lq_size`); no patch over `largest_lq` (the
-    smallest training image). Returns the chosen pair and the decision that explains it; the
-    caller applies them."""
+    smallest training image). Every probe is a whole real iteration (the generator, a GAN's
+    discriminator, the optimizer steps). The probes may cost at most `SEARCH_SHARE` of the run's
+    steps (counted at the starting size; a short run skips the search). On a GPU, `validator`'s
+    tile is then run with the training's memory in use, and halved if it does not fit. Returns
+    the chosen pair and the decision that explains it; the caller applies them."""
     auto, preset, scale = cfg.automation.batch, cfg.arch.preset, int(cfg.scale)
     accelerator = learner.accelerator
     if not accelerator.is_gpu and cfg.train.deterministic:
         # Timing differs between runs; a deterministic run must not depend on it.
         return batch, lq_size, Decision(0, "batch", {}, "train.deterministic: no timed search on the CPU, "
                                         f"the tier's batch {batch} is kept")
+    total_iter = int(cfg.train.total_iter)
+    bound = SEARCH_SHARE * total_iter
+    # The least a search can do: on a GPU the first probe and one larger size; on the CPU its
+    # three timed sizes (a warm-up and three timed steps each).
+    least = (PROBE_STEPS * 3 if accelerator.is_gpu
+             else 4 * sum(c / batch for c in _cpu_candidates(batch, auto)))
+    if bound < least:
+        fallback = ("an out-of-memory error would halve it, the memory watch adjusts it" if accelerator.is_gpu
+                    else "no timing")
+        return batch, lq_size, Decision(0, "batch", {}, (
+            f"start-up search skipped: it would cost at least {least:.0f} steps, over {SEARCH_SHARE:.0%} of this "
+            f"{total_iter}-iteration run; the tier's batch {batch} is kept ({fallback})"))
     started = time.perf_counter()
     with learner.probing():
         if accelerator.is_gpu:
@@ -59,11 +79,19 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
             try:
                 new_batch, new_lq, probes = find_batch_size(try_batch, batch, auto.max_batch_size, lq_sizes,
                                                             auto.target_vram_usage, auto.safety_margin, total,
-                                                            auto.min_batch_size)
+                                                            auto.min_batch_size, cost_bound=bound)
             except UserError as error:
                 raise UserError(f"{accelerator.name}: {error}") from None
-            why = (f"{len(probes)} real steps on {accelerator.name}: largest fitting "
+            ran = [p for p in probes if p.why != NOT_RUN]
+            why = (f"{len(ran)} probes of {PROBE_STEPS} real steps on {accelerator.name}: largest fitting "
                    f"{auto.target_vram_usage:.0%} of {memory_size(total)}")
+            if len(ran) < len(probes):
+                why += f", stopped at the cost bound ({SEARCH_SHARE:.0%} of the run: {bound:.0f} steps)"
+            if validator is not None:
+                tile = validator.tile
+                fitted = validator.fit_tile(learner.ema.module, learner.channels_last)
+                why += (f"; validation fits in {fitted}px tiles" if validator.tile == tile
+                        else f"; validation did not fit in {tile}px tiles: {validator.tile}px")
         else:
             new_lq = lq_size
             per_sample = _bytes_per_sample(cfg, lq_size)
@@ -78,10 +106,7 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
                     best = min(best, time.perf_counter() - begin)
                 return size / best
 
-            # One octave either side of the tier's batch: throughput on a CPU is flat beyond that.
-            candidates = [b for b in (batch // 2, batch, batch * 2)
-                          if auto.min_batch_size <= b <= auto.max_batch_size]
-            new_batch, speeds = cpu_batch_size(samples_per_second, candidates or [batch], budget, per_sample,
+            new_batch, speeds = cpu_batch_size(samples_per_second, _cpu_candidates(batch, auto), budget, per_sample,
                                                preferred=batch)
             rates = ", ".join(f"{b}: {s:.0f}" for b, s in sorted(speeds.items()))
             why = (f"measured samples/s ({rates}) within {budget / 2**30:.1f} GiB RAM: the tier's {batch} "
@@ -94,6 +119,12 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
     # Recorded even when nothing changed: the measurement is what justifies keeping the size.
     seconds = time.perf_counter() - started
     return new_batch, new_lq, Decision(0, "batch", change, f"start-up search in {seconds:.1f} s: {why}")
+
+
+def _cpu_candidates(batch: int, auto) -> list[int]:
+    """One octave either side of the tier's batch: throughput on a CPU is flat beyond that."""
+    candidates = [b for b in (batch // 2, batch, batch * 2) if auto.min_batch_size <= b <= auto.max_batch_size]
+    return candidates or [batch]
 
 
 def _bytes_per_sample(cfg: DictConfig, lq_size: int) -> float:

@@ -8,8 +8,9 @@ side-by-side comparison (bicubic | SR | HR) are written under `RUN/visualization
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -51,11 +52,14 @@ MIN_CORE = 8  # LR pixels of a tile's core: below this the overlap costs more th
 class Validator:
     def __init__(self, dataset, scale: int, tile: int, device: torch.device, out_dir: Path,
                  images_to_save: int = 3, overlap: int = DEFAULT_OVERLAP,
-                 free_memory: Callable[[], None] = lambda: None):
+                 free_memory: Callable[[], None] = lambda: None, inject_oom: Callable[[], None] = lambda: None,
+                 host: Callable[[], ContextManager] = contextlib.nullcontext):
         self.dataset, self.scale, self.tile, self.overlap = dataset, scale, tile, overlap
         self.device, self.out_dir, self.images_to_save = device, Path(out_dir), images_to_save
-        self.free_memory = free_memory
-        self.baseline = self._bicubic_baseline()
+        self.free_memory, self.inject_oom = free_memory, inject_oom  # inject_oom: debug.inject_oom_at
+        self.host = host  # scoring and saving run in host memory (the accelerator's `host`)
+        with host():
+            self.baseline = self._bicubic_baseline()
 
     def _upscale(self, model: torch.nn.Module, lq: torch.Tensor) -> torch.Tensor:
         """The model's output for one image, tile by tile; out of memory halves the tile and retries."""
@@ -64,6 +68,7 @@ class Validator:
         while True:
             tile = min(self.tile, max(lq.shape[-2:]))
             try:
+                self.inject_oom()
                 return tiled_forward(model, lq, self.scale, tile, self.overlap)
             except torch.OutOfMemoryError:
                 if tile <= smallest:
@@ -75,12 +80,39 @@ class Validator:
             print(f"validation: out of memory in {tile}px tiles, now {self.tile}px", flush=True)
 
     def _items(self):
-        return validation_items(self.dataset, self.scale)
+        """The validation images, read in host memory (the model's first operator moves `lq`)."""
+        items = validation_items(self.dataset, self.scale)
+        while True:
+            with self.host():
+                item = next(items, None)
+            if item is None:
+                return
+            yield item
 
     def _bicubic_baseline(self) -> dict[str, float]:
-        scores = [score(bicubic_upscale(lq, self.scale)[0], gt[0], self.scale) for _, _, lq, gt in self._items()]
+        scores, self.largest = [], (0, 0)  # the largest LR image (H, W): what `fit_tile` runs
+        for _, _, lq, gt in self._items():  # on the CPU, in any run
+            scores.append(score(bicubic_upscale(lq, self.scale)[0], gt[0], self.scale))
+            if lq.shape[-2] * lq.shape[-1] > self.largest[0] * self.largest[1]:
+                self.largest = tuple(lq.shape[-2:])
         return {"val/bicubic_psnr": float(np.mean([s[0] for s in scores])),
                 "val/bicubic_ssim": float(np.mean([s[1] for s in scores]))}
+
+    @torch.no_grad()
+    def fit_tile(self, model: torch.nn.Module, channels_last: bool = False) -> int:
+        """An image of the largest validation image's size through `model`, tile by tile, with the
+        training's memory in use: a tile that does not fit (with the image and its output) is
+        halved now, before training, and kept. Returns the tile."""
+        if not self.largest[0]:
+            return self.tile
+        lq = torch.rand(1, 3, *self.largest, device=self.device)
+        if channels_last:
+            lq = lq.contiguous(memory_format=torch.channels_last)
+        was_training = model.training
+        model.eval()
+        self._upscale(model, lq)
+        model.train(was_training)
+        return min(self.tile, max(self.largest))
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, iteration: int, channels_last: bool = False) -> dict[str, float]:
@@ -92,12 +124,14 @@ class Validator:
             lq = lq.to(self.device)
             if channels_last:
                 lq = lq.contiguous(memory_format=torch.channels_last)
-            sr = self._upscale(model, lq).float().clamp_(0, 1).cpu()
-            psnr, ssim = score(sr[0], gt[0], self.scale)
-            psnrs.append(psnr)
-            ssims.append(ssim)
-            if index < self.images_to_save:
-                save_image(sr[0], folder / f"{name}_sr.png")
-                save_comparison(lq[0].cpu(), sr[0], gt[0], folder / f"{name}_compare.png", self.scale)
+            sr = self._upscale(model, lq).float().clamp_(0, 1)
+            with self.host():
+                sr = sr.cpu()
+                psnr, ssim = score(sr[0], gt[0], self.scale)
+                psnrs.append(psnr)
+                ssims.append(ssim)
+                if index < self.images_to_save:
+                    save_image(sr[0], folder / f"{name}_sr.png")
+                    save_comparison(lq[0].cpu(), sr[0], gt[0], folder / f"{name}_compare.png", self.scale)
         model.train(was_training)
         return {"val/psnr": float(np.mean(psnrs)), "val/ssim": float(np.mean(ssims)), **self.baseline}

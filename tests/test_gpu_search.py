@@ -1,0 +1,130 @@
+"""The start-up batch search on the simulated card: whole iterations as probes, validation checked
+at its tile, a cost bounded by the run's length, and torch.compile once, after it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_simulated_gpu import card, records, sim_overrides  # noqa: F401 - `card` is a fixture
+from test_train import make_dataset
+from zerosr.automations.batch import NOT_RUN, find_batch_size, peak_memory_of, probe_cost
+from zerosr.config.compose import compose_config
+from zerosr.engine.accelerator import SimulatedAccelerator
+from zerosr.engine.learner import Learner
+from zerosr.engine.loop import Trainer
+from zerosr.engine.run import train
+from zerosr.engine.startup import _synthetic_step, search_batch_size
+
+MIB = 2**20
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def count_probes(monkeypatch) -> list[str]:
+    """Events in order: "probe" for each start-up step (`Learner.train_on` runs only those)."""
+    events, train_on = [], Learner.train_on
+
+    def counted(self, *args, **kwargs):
+        events.append("probe")
+        return train_on(self, *args, **kwargs)
+
+    monkeypatch.setattr(Learner, "train_on", counted)
+    return events
+
+
+def test_a_short_run_skips_the_search_and_says_so(card, data, tmp_path, monkeypatch, capsys):  # noqa: F811
+    card(0.0035, capability=(8, 6))
+    events = count_probes(monkeypatch)
+    run_dir = tmp_path / "run"
+    train(compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 20})), run_dir)
+    search = [d for d in records(run_dir, "automation.jsonl") if d["automation"] == "batch"][0]
+    assert search["reason"].startswith("start-up search skipped") and "20-iteration run" in search["reason"]
+    assert events == []  # not one probe step
+    assert "[batch] iter 0: no change (start-up search skipped" in capsys.readouterr().out
+
+
+def test_the_search_stays_within_its_cost_bound():
+    def try_batch(batch, lq):  # 1 MiB per sample on a 1 GiB card: 900 samples would fit
+        return batch * MIB
+
+    unbounded = find_batch_size(try_batch, 8, 512, [16], 0.95, 0.05, 1024 * MIB)
+    bounded = find_batch_size(try_batch, 8, 512, [16], 0.95, 0.05, 1024 * MIB, cost_bound=30)
+    assert unbounded[0] == 512 and all(p.why != NOT_RUN for p in unbounded[2])
+    ran = [p for p in bounded[2] if p.why != NOT_RUN]
+    assert sum(probe_cost(p.batch, p.lq_size, 8, 16) for p in ran) <= 30
+    assert any(p.why == NOT_RUN for p in bounded[2]) and 8 < bounded[0] < 512
+    # Past the bound a size that must shrink still runs: none fits yet.
+    shrunk = find_batch_size(lambda b, lq: b * 300 * MIB, 8, 512, [16], 0.95, 0.05, 1024 * MIB, cost_bound=1)
+    assert shrunk[0] == 2  # 4 failed, 2 fits; refining to 3 is past the bound
+
+
+GAN = ("[{_target_:zerosr.losses.CharbonnierLoss,weight:1.0},{_target_:zerosr.losses.GANLoss,weight:0.1,"
+       "discriminator:{_target_:zerosr.losses.UNetDiscriminatorSN,num_feat:16}}]")
+
+
+def test_a_probe_is_the_whole_iteration_discriminator_and_optimizer_steps_included(card, data, tmp_path):  # noqa: F811
+    # A probe's peak is what the search judges a size by: it must be the real step's, a GAN's too.
+    sim = card(1.0, capability=(8, 6))
+    trainer = Trainer(compose_config(sim_overrides(data, **{"train.lq_size": 16, "train.total_iter": 400,
+                                                            "train.batch_size": 4, "train.losses": GAN})),
+                      tmp_path / "run")
+    try:
+        with sim.active():
+            with trainer.learner.probing():
+                probed = peak_memory_of(lambda: _synthetic_step(trainer.learner, 4, 16, 2), sim)
+            steps = [trainer.step()["peak_mem_bytes"] for _ in range(3)]
+    finally:
+        trainer.close()
+    assert 0.95 * max(steps) <= probed <= 1.05 * max(steps), (probed, steps)
+
+
+def test_a_validation_tile_that_does_not_fit_is_halved_at_start_up(card, tmp_path):  # noqa: F811
+    sim = card(0.017, capability=(8, 6))  # 17 MiB: nano validates 192px LR in 96px tiles in 14 MiB, whole in 21
+    data = make_dataset(tmp_path / "data", size=384)  # 192px LR validation images
+    trainer = Trainer(compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 400,
+                                                            "automation.batch.max_batch_size": 2})),
+                      tmp_path / "run")
+    try:
+        with sim.active():
+            assert trainer.validator.tile == 256
+            _, _, decision = search_batch_size(trainer.learner, trainer.cfg, trainer.stream.batch_size, 8,
+                                               keep_lq_size=True, validator=trainer.validator)
+            halved = trainer.validator.tile
+            sim.reset_peak()
+            trainer.validate()  # at the tile the search kept: no out-of-memory error, no halving
+    finally:
+        trainer.close()
+    assert halved == 96 and f"validation did not fit in 256px tiles: {halved}px" in decision.reason
+    assert trainer.validator.tile == halved and sim.peak_bytes() <= sim.total_memory()
+
+
+def test_compile_happens_once_after_the_search(card, data, tmp_path, monkeypatch):  # noqa: F811
+    card(0.0035, capability=(8, 6))
+    monkeypatch.setattr(SimulatedAccelerator, "compiles", True)  # as on a real GPU
+    events = count_probes(monkeypatch)
+    calls = []
+
+    def fake_compile(model, **kwargs):
+        events.append("compile")
+
+        def compiled(*args):
+            calls.append(args[0].shape)
+            return model(*args)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    run_dir = tmp_path / "run"
+    train(compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 120, "train.val_freq": 120,
+                                                "hardware_tier": "high_end", "automation.batch.max_batch_size": 8})),
+          run_dir)
+    probes = events.index("compile")
+    assert probes > 0 and events == ["probe"] * probes + ["compile"]
+    searched = [d for d in records(run_dir, "automation.jsonl") if d["automation"] == "batch"][0]
+    assert searched["reason"].startswith("start-up search in")
+    first = [r for r in records(run_dir, "metrics.jsonl") if "loss" in r][0]
+    assert len(calls) >= 120 and calls[0][0] == first["batch_size"]  # traced for the chosen shape
