@@ -81,7 +81,7 @@ def test_a_searched_gan_run_survives_an_oom_at_every_point(kind, large_data, tmp
         "hardware_tier": tier, "data.n_val": 1, "train.lq_size": 8, "train.total_iter": 120, "train.val_freq": 60,
         "train.save_freq": 120, "train.losses": GAN, "automation.batch.max_batch_size": 16,
         "debug.inject_oom_at": "[forward:2,backward:3,discriminator:4,optimizer:5,validation:60]",
-        "automation.early_stop.enabled": False}))
+        "automation.early_stop.enabled": False, "automation.loss_schedule.gan_delay": 0}))  # the GAN from step 1
     batch = searched(run_dir)
     assert batch == 16
     halvings = [(d["iter"], d["change"]["batch_size"]) for d in records(run_dir, "automation.jsonl")
