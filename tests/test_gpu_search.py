@@ -70,7 +70,8 @@ def test_a_probe_is_the_whole_iteration_discriminator_and_optimizer_steps_includ
     # A probe's peak is what the search judges a size by: it must be the real step's, a GAN's too.
     sim = card(1.0, capability=(8, 6))
     trainer = Trainer(compose_config(sim_overrides(data, **{"train.lq_size": 16, "train.total_iter": 400,
-                                                            "train.batch_size": 4, "train.losses": GAN})),
+                                                            "train.batch_size": 4, "train.losses": GAN,
+                                                            "automation.loss_schedule.gan_delay": 0})),
                       tmp_path / "run")
     try:
         with sim.active():

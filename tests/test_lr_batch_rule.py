@@ -37,6 +37,7 @@ def searched_run(data, tmp_path: Path, max_batch: int, *extra: str) -> tuple[sub
             "train.total_iter=10", "train.warmup_iter=1", "train.val_freq=10", "train.save_freq=5",
             "hardware_tier.num_workers=0", "automation.dataset_analysis.batches=1",
             "automation.early_stop.enabled=false", f"automation.batch.max_batch_size={max_batch}",
+            "automation.batch.search_share=100",  # a 10-iteration run: let the search run anyway
             f"hydra.run.dir={run_dir}", *extra]
     out = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "ZEROSR_FAKE_HARDWARE": str(card), "ZEROSR_SIMULATE_GPU": "1"})

@@ -76,6 +76,7 @@ class BatchAutomation:
     adjust_every: int = MISSING  # iterations between memory checks
     min_batch_size: int = 1  # never below this
     max_batch_size: int = MISSING  # never above this
+    search_share: float = 0.05  # the most the start-up search may cost, as a share of the run's steps
 
 
 @dataclass

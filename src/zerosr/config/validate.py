@@ -101,6 +101,7 @@ def _validate_automation(auto: DictConfig) -> None:
         (lr.blowup_factor > 1, "automation.lr.blowup_factor must be above 1, e.g. 2.0"),
         (1 <= batch.min_batch_size <= batch.max_batch_size,
          "automation.batch needs 1 <= min_batch_size <= max_batch_size"),
+        (batch.search_share >= 0, "automation.batch.search_share must be 0 or more (0: no start-up search)"),
         (batch.adjust_every >= 1, "automation.batch.adjust_every must be at least 1"),
         (batch.target_vram_usage is None or 0 < batch.target_vram_usage <= 1,
          "automation.batch.target_vram_usage must be in (0, 1]"),

@@ -32,16 +32,13 @@ def _synthetic_step(learner: Learner, batch: int, lq_size: int, scale: int) -> f
     return learner.train_on(lq, gt, learner.optimizer.param_groups[0]["lr"])
 
 
-SEARCH_SHARE = 0.05  # of the run's expected steps: the most the start-up batch search may cost
-
-
 def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: int,
                       keep_lq_size: bool, largest_lq: int | None = None,
                       validator: Validator | None = None) -> tuple[int, int, Decision]:
     """The largest batch (and patch) fitting the tier's memory target (GPU), or the fastest batch
     within a RAM budget (CPU), starting from (`batch`, `lq_size`); no patch over `largest_lq` (the
     smallest training image). Every probe is a whole real iteration (the generator, a GAN's
-    discriminator, the optimizer steps). The probes may cost at most `SEARCH_SHARE` of the run's
+    discriminator, the optimizer steps). The probes may cost at most `automation.batch.search_share` of the run's
     steps (counted at the starting size; a short run skips the search). On a GPU, `validator`'s
     tile is then run with the training's memory in use, and halved if it does not fit. Returns
     the chosen pair and the decision that explains it; the caller applies them."""
@@ -52,7 +49,8 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
         return batch, lq_size, Decision(0, "batch", {}, "train.deterministic: no timed search on the CPU, "
                                         f"the tier's batch {batch} is kept")
     total_iter = int(cfg.train.total_iter)
-    bound = SEARCH_SHARE * total_iter
+    share = float(auto.search_share)
+    bound = share * total_iter
     # The least a search can do: on a GPU the first probe and one larger size; on the CPU its
     # three timed sizes (a warm-up and three timed steps each).
     least = (PROBE_STEPS * 3 if accelerator.is_gpu
@@ -61,7 +59,7 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
         fallback = ("an out-of-memory error would halve it, the memory watch adjusts it" if accelerator.is_gpu
                     else "no timing")
         return batch, lq_size, Decision(0, "batch", {}, (
-            f"start-up search skipped: it would cost at least {least:.0f} steps, over {SEARCH_SHARE:.0%} of this "
+            f"start-up search skipped: it would cost at least {least:.0f} steps, over {share:.0%} of this "
             f"{total_iter}-iteration run; the tier's batch {batch} is kept ({fallback})"))
     started = time.perf_counter()
     with learner.probing():
@@ -86,7 +84,7 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
             why = (f"{len(ran)} probes of {PROBE_STEPS} real steps on {accelerator.name}: largest fitting "
                    f"{auto.target_vram_usage:.0%} of {memory_size(total)}")
             if len(ran) < len(probes):
-                why += f", stopped at the cost bound ({SEARCH_SHARE:.0%} of the run: {bound:.0f} steps)"
+                why += f", stopped at the cost bound ({share:.0%} of the run: {bound:.0f} steps)"
             if validator is not None:
                 tile = validator.tile
                 fitted = validator.fit_tile(learner.ema.module, learner.channels_last)
