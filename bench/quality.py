@@ -2,6 +2,7 @@
 
     python bench/quality.py [--budget-s 150] [--runs auto off_lr1e-4 ...]        # equal wall-clock budget
     python bench/quality.py --iters 600 --seeds 0 1 2 [--runs ...] [--extra LABEL=KEY=V,KEY=V ...] [--common KEY=V ...]
+                            [--out FILE]
 
 Every run is `python train.py` on ../shared/data/bsd100_x2 (x2 pairs; `--n-val` held-out pairs
 validate, the rest train), ParagonSR2 nano, the same seed within a comparison.
@@ -142,6 +143,8 @@ def length_mode(args) -> dict:
                 result = results[label][seed] = run(label, extra, args.iters, args.n_val, Path(tmp), seed=seed)
                 print(f"seed {seed} {label}: {result['best_psnr']} dB in {result['wall_s']} s",
                       file=sys.stderr, flush=True)
+                if args.out:  # a long benchmark keeps what it measured if it is stopped
+                    args.out.write_text(json.dumps({"partial": True, "iters": args.iters, "runs": results}, indent=2))
     summary = {}
     for label, by_seed in results.items():
         summary[label] = {"mean_best_psnr": round(statistics.mean(r["best_psnr"] for r in by_seed.values()), 3),
@@ -175,6 +178,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=None)
     parser.add_argument("--extra", nargs="*", default=[], help="length mode: LABEL=KEY=VALUE,KEY=VALUE alternatives")
     parser.add_argument("--common", nargs="*", default=[], help="length mode: overrides for every run")
+    parser.add_argument("--out", type=Path, help="length mode: also write the runs so far here after every run")
     args = parser.parse_args()
     if not (DATA / "hr").is_dir():
         raise SystemExit(f"error: {DATA} not found: this benchmark needs ../shared/data/bsd100_x2")
