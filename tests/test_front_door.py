@@ -105,24 +105,36 @@ def test_keys_set_in_a_config_file_or_the_api_yaml_are_set_by_the_user(tmp_path,
     code = ("import json, sys, yaml; from zerosr import create_zero_config_training as c; "
             f"yaml.safe_dump(c('paragonsr2_nano', {str(data[0])!r}, {str(data[1])!r}, "
             "custom_overrides=json.loads(sys.argv[1])), open(sys.argv[2], 'w'))")
-    for name, overrides in (("plain", {"data": {"n_val": 2}, "train": {"lq_size": 16}}),
-                            ("batch", {"data": {"n_val": 2}, "train": {"lq_size": 16, "batch_size": 3}})):
+    derived_batch = None
+    for name in ("plain", "batch", "same"):
+        overrides = {"data": {"n_val": 2}, "train": {"lq_size": 16}}
+        if name != "plain":  # "same": the batch the API derives, given by the caller
+            overrides["train"]["batch_size"] = 3 if name == "batch" else derived_batch
         folder = tmp_path / f"api_{name}"
         folder.mkdir()
         subprocess.run([sys.executable, "-c", code, json.dumps(overrides), str(folder / "auto.yaml")], check=True, env=env,
                        cwd=tmp_path, capture_output=True, timeout=120)
+        if name == "plain":
+            derived_batch = yaml.safe_load((folder / "auto.yaml").read_text())["train"]["batch_size"]
         out = train_cli(["--config-dir", folder, "--config-name", "auto", "dry_run=true",
                          f"hydra.run.dir={tmp_path / name}"], tmp_path)
         assert out.returncode == 0, out.stderr
         mine = next(line for line in out.stdout.splitlines() if line.startswith("set by you"))
         assert "train.lq_size=16" in mine and "data.n_val=2" in mine
-        # The API's YAML writes the derived batch out; only a batch the user gave counts as set.
-        assert ("train.batch_size=3" in mine) == (name == "batch"), mine
+        # The API's YAML writes the derived batch out; only a batch the caller gave counts as set.
+        assert (f"train.batch_size={overrides['train'].get('batch_size')}" in mine) == (name != "plain"), mine
+        # Replayed, a run's resolved_config.yaml keeps the same keys set (a value derived from them is not one).
+        replay = train_cli(["--config-dir", tmp_path / name, "--config-name", "resolved_config", "dry_run=true",
+                            f"hydra.run.dir={tmp_path / (name + '_replay')}"], tmp_path)
+        assert replay.returncode == 0, replay.stderr
+        assert next(line for line in replay.stdout.splitlines() if line.startswith("set by you")) == mine
 
 
 def test_a_batch_set_in_a_config_file_turns_the_start_up_search_off(data, tmp_path):
-    searched = {}
-    for name, batch in (("derived", ""), ("fixed", "batch_size: 3, ")):
+    searched, derived_batch = {}, None
+    for name in ("derived", "fixed", "same"):
+        # "same": the file writes the batch the run would derive; written, it is the user's all the same.
+        batch = {"derived": "", "fixed": "batch_size: 3, ", "same": f"batch_size: {derived_batch}, "}[name]
         text = ("defaults: [train, {override data: paired}, _self_]\n"
                 f"data: {{gt_path: {data[0]}, lq_path: {data[1]}, n_val: 2}}\n"
                 f"train: {{{batch}total_iter: 2, lq_size: 16, val_freq: 2, save_freq: 2, log_freq: 1, warmup_iter: 0}}\n"
@@ -133,9 +145,12 @@ def test_a_batch_set_in_a_config_file_turns_the_start_up_search_off(data, tmp_pa
         log = [json.loads(line) for line in (run_dir / "automation.jsonl").read_text().splitlines()]
         searched[name] = [r for r in log if r["automation"] == "batch" and "start-up search" in r["reason"]]
         steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        if name == "fixed":
-            assert {r["batch_size"] for r in steps if "batch_size" in r} == {3}
-    assert len(searched["derived"]) == 1 and searched["fixed"] == []
+        if name == "derived":
+            derived_batch = saved(run_dir)["train"]["batch_size"]
+        else:
+            expected = 3 if name == "fixed" else derived_batch
+            assert {r["batch_size"] for r in steps if "batch_size" in r} == {expected}
+    assert len(searched["derived"]) == 1 and searched["fixed"] == [] and searched["same"] == []
 
 
 # --------------------------------------------------------------------------- 3. unknown keys and options

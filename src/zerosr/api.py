@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 
 from zerosr.config.compose import compose_config
 from zerosr.config.resolved import replayable, resolved_dict
+from zerosr.config.user_set import RECORD_KEY, leaves
 from zerosr.config.validate import validate
 from zerosr.hardware import HardwareDetector, print_hardware_report
 
@@ -25,7 +26,10 @@ def create_zero_config_training(architecture: str, dataset_gt_path: str, dataset
             "val_lq_path": None if val_lq_path is None else str(val_lq_path)}
     cfg = OmegaConf.merge(cfg, {"data": data}, custom_overrides or {})
     validate(cfg)
-    return replayable(resolved_dict(cfg))
+    # What the caller gave stays fixed when the YAML runs: the rest is derived and may be measured.
+    given = {f"data.{key}" for key, value in data.items() if value is not None}
+    given |= set(leaves(OmegaConf.create(custom_overrides or {})))
+    return replayable({**resolved_dict(cfg), RECORD_KEY: sorted(given)})
 
 
 __all__ = ["create_zero_config_training", "print_hardware_report", "HardwareDetector"]

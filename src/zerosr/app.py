@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from zerosr.config.far_out import far_out_warnings
 from zerosr.config.resolved import resolved_dict, write_replayable
 from zerosr.config.tier import settle_tier
+from zerosr.config.user_set import RECORD_KEY
 from zerosr.config.user_set import forget as forget_user_set
 from zerosr.config.user_set import remember as remember_user_set
 from zerosr.config.validate import validate
@@ -34,9 +35,10 @@ def run(cfg: DictConfig) -> float:
     run_dir = run_dir_of(cfg)
     if distributed.launched():  # torchrun: one process group, one run directory, rank 0 writes
         run_dir = join_ranks(run_dir)
-    if distributed.is_main():
-        write_replayable(resolved_dict(cfg), run_dir / "resolved_config.yaml")
     user_set = remember_user_set(cfg)  # what the user set wins over start-up measurement
+    if distributed.is_main():  # a replay keeps what the user set fixed
+        write_replayable({**resolved_dict(cfg), RECORD_KEY: sorted(k for k in user_set if not k.startswith("hydra."))},
+                         run_dir / "resolved_config.yaml")
     try:
         print(describe_choices(cfg, probe(), user_set, far_out_warnings(cfg, user_set)), flush=True)
         if cfg.dry_run:

@@ -184,3 +184,4 @@ class ZeroSRConfig:
     data: DataConfig = MISSING  # the images
     train: TrainConfig = field(default_factory=TrainConfig)  # the run
     debug: DebugConfig = field(default_factory=DebugConfig)  # fault injection for tests and demos
+    set_by_user: list[str] | None = None  # the keys the user set, recorded in the configs zerosr writes

@@ -1,9 +1,13 @@
 """Which keys the user set: explicit values win over start-up measurement and calibration.
 
-A key counts as set by the user when it is named on the command line, or when the job's config (a
-`--config-dir` file, the Python API's YAML, a replayed `resolved_config.yaml`) gives it a value
-other than the one zerosr's own `conf/` gives for the same options (arch, tier, automation, data).
-A file that writes out a derived value unchanged (the API's YAML, a replay) does not set it.
+A key counts as set by the user when it is
+- named on the command line;
+- written in one of the job's config files from outside zerosr's own `conf/` (a `--config-dir`
+  file), whatever its value;
+- listed in `set_by_user`, the record that the configs zerosr writes carry (`resolved_config.yaml`,
+  the Python API's YAML): these files write every derived value out, so their keys alone say nothing;
+- or given a value other than the one zerosr's `conf/` gives for the same options (arch, tier,
+  automation, data): a value edited into a written config by hand.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 # The running job's keys set in its config (see `remember`); None before a job says so.
 _from_config: set[str] | None = None
 _UNRESOLVABLE = object()
+RECORD_KEY = "set_by_user"
 
 
 def user_set_keys(prefix: str) -> set[str]:
@@ -50,11 +55,58 @@ def command_line_keys() -> set[str]:
 
 
 def keys_set_in(cfg: DictConfig) -> set[str]:
-    """Leaf keys of `cfg` whose value differs from what zerosr's conf/ gives for the same options."""
+    """Keys the job's config sets: its record of them, else its files' keys, and changed values."""
+    record = OmegaConf.select(cfg, RECORD_KEY, default=None)
+    found = set(record) if record is not None else keys_in_user_files()
+    return found | keys_changed_in(cfg, found | command_line_keys())
+
+
+def keys_in_user_files() -> set[str]:
+    """Leaf keys written in the running job's config files that are not zerosr's or Hydra's own."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from zerosr.config import CONFIG_DIR
+
+    if not HydraConfig.initialized():
+        return set()
+    job = HydraConfig.get()
+    search_path = ConfigSearchPathImpl()
+    for source in job.runtime.config_sources:
+        search_path.append(source.provider, f"{source.schema}://{source.path}")
+    loader = ConfigLoaderImpl(config_search_path=search_path)
+    defaults = loader.compute_defaults_list(job.job.config_name, list(job.overrides.task), RunMode.RUN)
+    repository = ConfigRepository(config_search_path=search_path)
+    ours = (f"file://{CONFIG_DIR}", "structured://", "pkg://hydra")
+    found = set()
+    for default in defaults.defaults:
+        if default.config_path is None or default.package.split(".")[0] == "hydra":
+            continue
+        loaded = repository.load_config(default.config_path)
+        if loaded is None or loaded.path.startswith(ours):
+            continue
+        keys = [key for key in leaves(loaded.config) if key]  # an empty file has the one key ""
+        found |= {f"{default.package}.{key}" if default.package else key for key in keys}
+    return found
+
+
+def keys_changed_in(cfg: DictConfig, known: set[str]) -> set[str]:
+    """Leaf keys of `cfg` whose value differs from what zerosr's conf/ gives for the same options
+    and the `known` set keys (so a value derived from a set key, written out, is not a change)."""
     reference = builtin_config(cfg)
-    ours, theirs = _leaves(cfg), _leaves(reference)
+    with open_dict(reference):
+        for key in known:
+            value = OmegaConf.select(cfg, key, default=_UNRESOLVABLE)
+            if not key.startswith("hydra.") and value is not _UNRESOLVABLE:
+                OmegaConf.update(reference, key, value, force_add=True)
+    ours, theirs = leaves(cfg), leaves(reference)
     found = set()
     for key, value in ours.items():
+        if key == RECORD_KEY:
+            continue
         if key in theirs and value == theirs[key]:
             continue  # the built-in value (an interpolation stays one)
         mine = _resolved(cfg, key)
@@ -94,7 +146,7 @@ def _is_option(config_dir, group: str, name: str) -> bool:
     return (config_dir / group / f"{name}.yaml").is_file()
 
 
-def _leaves(cfg: DictConfig) -> dict[str, object]:
+def leaves(cfg: DictConfig) -> dict[str, object]:
     """Dotted key -> unresolved value; lists are single values (a list is set as a whole)."""
     plain = OmegaConf.to_container(cfg, resolve=False)
     plain.pop("hydra", None)
