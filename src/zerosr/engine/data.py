@@ -8,15 +8,17 @@ next batches longer or shorter.
 
 `data=realistic` trains on HR images alone: each sample's LR comes from the degradation pipeline,
 seeded by the sample's key, in the loader workers on the CPU, or on the device when the stream is
-given one (`BatchStream(device=...)`, after the batch arrives). With `data.target_path` the
+given the run's GPU (`BatchStream(degrade_device=...)`, after the batch arrives). With `data.target_path` the
 pipeline's ranges are first calibrated on the user's target images: `RunData.decisions`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -155,15 +157,17 @@ class BatchStream:
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0,
                  pin_memory: bool = False, prefetch_factor: int = 2, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str | None = None):
+                 degrade_device: torch.device | str | None = None, host=contextlib.nullcontext):
         self.dataset = _SeededSamples(dataset)
         # A dataset that makes its LR per batch (data=realistic) does it in the loader workers, or,
-        # given a GPU, on the device once the HR batch is there (next_batch).
-        self.device = torch.device(device) if device is not None else None
-        self.degrade_on_device = (self.device is not None and self.device.type != "cpu"
-                                  and hasattr(dataset, "degrade"))
+        # given the run's GPU, on that device once the HR batch is there (next_batch), so the
+        # loader never waits on it. `host` marks the loading as host work (the simulated card).
+        self.degrade_device = (torch.device(degrade_device) if degrade_device is not None
+                               and hasattr(dataset, "degrade") else None)
+        self.host = host
+        self._warned_oom = False
         collate = getattr(dataset, "collate", None)
-        self.collate = None if collate is None else functools.partial(collate, degrade=not self.degrade_on_device)
+        self.collate = None if collate is None else functools.partial(collate, degrade=self.degrade_device is None)
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
@@ -200,15 +204,33 @@ class BatchStream:
 
     # --- use -------------------------------------------------------------------------------------
     def next_batch(self) -> dict:
-        if self._iterator is None:
-            self._restart()
-        batch = next(self._iterator)
-        if self.degrade_on_device:
-            batch["gt"] = batch["gt"].to(self.device, non_blocking=True)
-            batch["lq"] = self.dataset.inner.degrade(batch["gt"], batch["degrade_seed"], self.device)
+        with self.host():
+            if self._iterator is None:
+                self._restart()
+            batch = next(self._iterator)
+        if self.degrade_device is not None:
+            batch["lq"] = self._degrade_on_device(batch)
         self.epoch, self.position = divmod(self.epoch * len(self.dataset) + self.position
                                            + len(batch["index"]) * self.world_size, len(self.dataset))
         return batch
+
+    def _degrade_on_device(self, batch: dict) -> torch.Tensor:
+        """The batch's LR made on the device; a batch whose degradation does not fit beside the
+        training's memory is made on the CPU instead (same seeds, the CPU's random streams)."""
+        dataset = self.dataset.inner
+        try:
+            gt = batch["gt"].to(self.degrade_device, non_blocking=True)
+            lq = dataset.degrade(gt, batch["degrade_seed"], self.degrade_device)
+            batch["gt"] = gt
+            return lq
+        except torch.OutOfMemoryError:
+            pass  # leave the except block first: its traceback keeps the failed tensors alive
+        if not self._warned_oom:
+            self._warned_oom = True
+            print(f"warning: the degradation of a batch of {len(batch['index'])} did not fit on "
+                  f"{self.degrade_device}: made on the CPU (shown once)", file=sys.stderr, flush=True)
+        with self.host():
+            return dataset.degrade(batch["gt"], batch["degrade_seed"], "cpu")
 
     def set_batch_size(self, batch_size: int) -> None:
         """Takes effect from the next batch (batches already prefetched are dropped, not skipped)."""

@@ -69,7 +69,8 @@ class Trainer:
         self.stream = BatchStream(self.data.train, train.batch_size, train.seed,
                                   rank=distributed.rank(), world_size=distributed.world_size(),
                                   num_workers=tier.num_workers, pin_memory=tier.pin_memory and accelerator.kind == "cuda",
-                                  prefetch_factor=tier.prefetch_factor)
+                                  prefetch_factor=tier.prefetch_factor, host=accelerator.host,
+                                  degrade_device=self.device if accelerator.is_gpu else None)
         self.validator = Validator(self.data.val, cfg.scale, train.val_tile, self.device,
                                    self.run_dir / "visualization", free_memory=accelerator.free_cache,
                                    inject_oom=lambda: self.learner.injection.fire("validation"),
@@ -247,8 +248,7 @@ class Trainer:
         # The peak this step reads back is this step's alone: validation, saving and earlier steps
         # stay out of the memory watch's window.
         self.accelerator.reset_peak()
-        with self.accelerator.host():  # a GPU run loads into host memory; the forward moves the batch
-            batches = [self.stream.next_batch() for _ in range(self.grad_accum)]
+        batches = [self.stream.next_batch() for _ in range(self.grad_accum)]  # loaded as host work
         if len(batches) == 1:
             lq, gt = batches[0]["lq"], batches[0]["gt"]
         else:
