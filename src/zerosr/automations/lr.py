@@ -172,6 +172,10 @@ class LRController(Automation):
         self.cut: list[int] | None = None  # [cool-down start, end] when the run ends before total_iter
 
     # where the run ends ---------------------------------------------------------------------------
+    @property
+    def cools_down(self) -> bool:
+        return self.enabled and self.cooldown_fraction > 0
+
     def cooldown_length(self, iterations: int) -> int:
         return int(round(self.cooldown_fraction * iterations)) if self.enabled else 0
 

@@ -207,7 +207,7 @@ class Trainer:
         share (`automation.lr.cooldown_fraction`) of the loop's time is left."""
         lr = self.suite.lr
         self.deadline, self.loop_began_at = deadline, self.iteration
-        if lr.cooldown_length(1_000_000) > 0:
+        if lr.cools_down:
             self.cooldown_due_at = deadline - lr.cooldown_fraction * (deadline - loop_started)
 
     def _iterations_left(self, iteration: int) -> int:
