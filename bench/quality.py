@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=None, help="length mode: every run this many iterations")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--n-val", type=int, default=10)
-    parser.add_argument("--runs", nargs="+", default=None)
+    parser.add_argument("--runs", nargs="*", default=None)
     parser.add_argument("--extra", nargs="*", default=[], help="length mode: LABEL=KEY=VALUE,KEY=VALUE alternatives")
     parser.add_argument("--common", nargs="*", default=[], help="length mode: overrides for every run")
     parser.add_argument("--out", type=Path, help="length mode: also write the runs so far here after every run")
