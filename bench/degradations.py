@@ -132,7 +132,8 @@ def train_run(name: str, overrides: list[str], run_dir: Path, iters: int) -> dic
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"run {name} failed:\n{done.stderr[-2000:]}")
-    calibration = [line for line in done.stdout.splitlines() if line.startswith("degradation")]
+    decisions = [json.loads(line) for line in (run_dir / "automation.jsonl").read_text().splitlines() if line.strip()]
+    calibration = [{"change": d["change"], "reason": d["reason"]} for d in decisions if d["automation"] == "degradation"]
     return {"seconds": round(seconds, 1), "calibration": calibration[0] if calibration else None}
 
 
