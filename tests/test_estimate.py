@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from zerosr.data.estimate import blur_sigma, estimate_image, noise_sigma, quality_from_table
+from zerosr.data.estimate import blur_sigma, estimate_image, flat_noise, noise_sigma, quality_from_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +58,18 @@ def test_noise_sigma_is_recovered(sigma):
 
 def test_noise_of_a_clean_image_is_near_zero():
     assert noise_sigma(np.round(scene(3)).astype(np.float32)) < 1.0
+
+
+def test_flat_noise_rises_with_the_noise_under_heavy_jpeg():
+    """After JPEG at 50 the whole-image estimate barely moves from sigma 0 to 10; the flat-area level
+    still orders the noise levels, for every image."""
+    for seed in SEEDS:
+        levels = []
+        for sigma in (0, 5, 10, 20):
+            noisy = np.clip(np.round(scene(seed) + np.random.default_rng(seed).normal(0, sigma, (256, 256, 3))), 0, 255)
+            _, encoded = cv2.imencode(".jpg", noisy.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 50])
+            levels.append(flat_noise(cv2.imdecode(encoded, cv2.IMREAD_COLOR).astype(np.float32)))
+        assert all(b > 1.3 * a for a, b in zip(levels, levels[1:])), (seed, levels)
 
 
 @pytest.mark.parametrize("quality", [30, 60, 90])
