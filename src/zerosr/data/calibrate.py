@@ -3,10 +3,16 @@
 The target folder is measured (noise, JPEG quality, blur; `zerosr.data.estimate`); then:
 - compression: the final JPEG range spans the measured qualities (10th to 90th percentile, 5 either
   side) and the first round never compresses harder than that; no JPEG seen: light JPEG only;
-- noise and blur: the pipeline's output is measured with the same estimators, on LR made from the
-  training HR images, and the ranges are scaled until its median matches the target's (a few
-  rounds). Measuring the output, not guessing, accounts for what the recipe does to its own noise
-  (JPEG smooths it, resizes spread it) and for the estimators' bias on image texture.
+- noise: JPEG removes most noise before any estimate can see it (sigma 10 then quality 50 reads
+  as about 3), so the target's flat-area level is read back through a probe: plain downscales of
+  the training HR images, noisy at known sigmas, compressed at the target's quality. That gives
+  the sigma there was before compression. The pipeline's ranges are then scaled until the noise
+  its own LR carries before the final compression (LR with noise less LR of the same seeds
+  without) is that sigma;
+- blur: the recipe's blur kernels, resizes and sinc filters are one family at a strength from 0
+  (a plain downscale) to a little over the recipe's own, set by bisection until the pipeline's
+  output blur matches the target's. A target as sharp as a plain downscale gets none: training on
+  blurred LR teaches a model to sharpen, which over-sharpens noise and blocks.
 Every value stays within SAFETY bounds; keys the user set are never touched.
 """
 
