@@ -1,6 +1,6 @@
 """The realistic degradations: speed, data wait, and whether calibration pays off. Prints one JSON object.
 
-    .venv/bin/python bench/degradations.py [--iters 400] [--noise 10] [--quality 50] [--skip-runs]
+    .venv/bin/python bench/degradations.py [--iters 400] [--noise 10] [--quality 50] [--skip-runs] [--out F]
 
 1. `pipeline`: samples/s of `degrade_batch` on this CPU at nano's default patch and batch.
 2. `data_wait`: the share of the training step spent waiting for the next batch, with the run's
@@ -132,7 +132,9 @@ def train_run(name: str, overrides: list[str], run_dir: Path, iters: int) -> dic
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"run {name} failed:\n{done.stderr[-2000:]}")
-    calibration = [line for line in done.stdout.splitlines() if line.startswith("degradation")]
+    log = run_dir / "automation.jsonl"  # absent when a run took no decision (automation=off, no target)
+    decisions = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    calibration = [{"change": d["change"], "reason": d["reason"]} for d in decisions if d["automation"] == "degradation"]
     return {"seconds": round(seconds, 1), "calibration": calibration[0] if calibration else None}
 
 
@@ -155,7 +157,7 @@ def score(weights: Path | None, folders: dict[str, Path]) -> float:
     return round(float(np.mean(psnrs)), 3)
 
 
-def calibration_benchmark(iters: int, noise: float, quality: int) -> dict:
+def calibration_benchmark(iters: int, noise: float, quality: int, partial=lambda result: None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         folders = prepare(workdir, noise, quality)
@@ -173,6 +175,7 @@ def calibration_benchmark(iters: int, noise: float, quality: int) -> dict:
             info = train_run(name, overrides, run_dir, iters)
             weights = sorted((run_dir / "models").glob("net_g_ema_*.safetensors"))[-1]
             results[name] = {"psnr_y": score(weights, folders), **info}
+            partial({"iters": iters, "runs_so_far": results})
         results["input_bicubic"] = {"psnr_y": score(None, folders)}
         return {"iters": iters, "batch": 8, "noise_sigma": noise, "jpeg_quality": quality,
                 "images": {k: len(list(v.iterdir())) for k, v in folders.items() if k != "test_lr"},
@@ -187,6 +190,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=10.0)
     parser.add_argument("--quality", type=int, default=50)
     parser.add_argument("--skip-runs", action="store_true", help="speed only, no training runs")
+    parser.add_argument("--out", type=Path, help="also write the report here, the runs so far after every run")
     args = parser.parse_args()
     started = time.perf_counter()
     workers, batch, lq_size = nano_defaults()
@@ -194,9 +198,15 @@ def main() -> None:
     report = {"cpu_count": os.cpu_count(), "load_average_1min_at_start": round(os.getloadavg()[0], 2),
               "tier_workers": workers, "pipeline": pipeline_speed(hr_paths, batch, lq_size),
               "data_wait": [data_wait(hr_paths, n, batch, lq_size) for n in (workers, workers + 1)]}
+    def write(calibration: dict) -> None:
+        if args.out is not None:
+            args.out.write_text(json.dumps({**report, "calibration": calibration}, indent=2))
+
     if not args.skip_runs:
-        report["calibration"] = calibration_benchmark(args.iters, args.noise, args.quality)
+        report["calibration"] = calibration_benchmark(args.iters, args.noise, args.quality, write)
     report["seconds"] = round(time.perf_counter() - started, 1)
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
 

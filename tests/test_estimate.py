@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from zerosr.data.estimate import blur_sigma, estimate_image, noise_sigma, quality_from_table
+from zerosr.data.estimate import blur_sigma, estimate_image, flat_noise, noise_sigma, quality_from_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +58,26 @@ def test_noise_sigma_is_recovered(sigma):
 
 def test_noise_of_a_clean_image_is_near_zero():
     assert noise_sigma(np.round(scene(3)).astype(np.float32)) < 1.0
+
+
+def jpeg50(image: np.ndarray) -> np.ndarray:
+    _, encoded = cv2.imencode(".jpg", np.clip(np.round(image), 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 50])
+    return cv2.imdecode(encoded, cv2.IMREAD_COLOR).astype(np.float32)
+
+
+def test_flat_noise_follows_the_noise_not_the_texture_under_heavy_jpeg():
+    """After JPEG at 50 the flat-area level orders noise levels, and a clean image with fine texture
+    on half of it reads as less noisy than a smooth one that had sigma 10, which the whole-image
+    estimate gets the wrong way round."""
+    y, x = np.mgrid[0:256, 0:256]
+    stripes = (18 * np.sin(2 * np.pi * (x + 0.6 * y) / 5) * (x < 128))[:, :, None]
+    for seed in SEEDS:
+        levels = [flat_noise(jpeg50(scene(seed) + np.random.default_rng(seed).normal(0, sigma, (256, 256, 3))))
+                  for sigma in (0, 5, 10, 20)]
+        assert all(b > 1.3 * a for a, b in zip(levels, levels[1:])), (seed, levels)
+        textured, noisy = jpeg50(scene(seed) + stripes), jpeg50(scene(seed) + np.random.default_rng(seed).normal(0, 10, (256, 256, 3)))
+        assert flat_noise(textured) < flat_noise(noisy), seed
+        assert noise_sigma(textured) > noise_sigma(noisy), seed  # what the flat level is for
 
 
 @pytest.mark.parametrize("quality", [30, 60, 90])

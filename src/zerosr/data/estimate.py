@@ -8,6 +8,10 @@
   as a step in the pixel differences; where it does, the quality is the one at which compressing
   the image again changes it least (JPEG re-compressed at its own quality is nearly idempotent).
   The grid is faint above quality ~75 in photos, so lighter compression of a PNG goes unseen.
+- Flat-area noise: Immerkaer's operator on the flattest 30 % of an image (lowest 7x7 variance).
+  Not a calibrated sigma, but a level that follows the noise and much less the image's texture
+  (which the whole-image estimate confuses with noise once JPEG has smoothed the noise away);
+  calibration compares it between the target and LR it makes itself.
 - Blur: at the peaks of the gradient along strong edges, the ratio of the gradient to that of the
   image re-blurred by a known Gaussian r; for a step edge blurred by s it is sqrt(s^2 + r^2) / s
   (with the gradient operator's own spread added to both).
@@ -38,6 +42,7 @@ class Estimate:
     jpeg_quality: float | None  # None: no sign of JPEG
     blur_sigma: float  # pixels; NaN: too few edges to tell
     jpeg_source: str | None  # "tables" | "blockiness" | None
+    flat_noise: float = float("nan")  # 0-255 scale; see flat_noise()
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
@@ -59,6 +64,21 @@ def noise_sigma(image: np.ndarray) -> float:
         response = np.abs(cv2.filter2D(image[:, :, c], cv2.CV_32F, _IMMERKAER))[1:-1, 1:-1]
         sigmas.append(math.sqrt(math.pi / 2) * float(response[keep].mean()) / 6.0)
     return float(np.mean(sigmas))
+
+
+def flat_noise(image: np.ndarray) -> float:
+    """Immerkaer's level (0-255) of the grey image over its flattest 30 % (7x7 variance), clipped
+    neighbourhoods skipped."""
+    gray = _gray(image)
+    mean = cv2.blur(gray, (7, 7))
+    variance = (cv2.blur(gray * gray, (7, 7)) - mean * mean)[1:-1, 1:-1]
+    low, high = cv2.erode(image.min(2), np.ones((3, 3))), cv2.dilate(image.max(2), np.ones((3, 3)))
+    unclipped = ((low > 0.5) & (high < 254.5))[1:-1, 1:-1]
+    if unclipped.sum() >= 64:
+        variance = np.where(unclipped, variance, np.inf)
+    keep = variance <= np.percentile(variance[np.isfinite(variance)], 30)
+    response = np.abs(cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER))[1:-1, 1:-1]
+    return math.sqrt(math.pi / 2) * float(response[keep].mean()) / 6.0
 
 
 def _standard_tables() -> np.ndarray:
@@ -156,4 +176,4 @@ def estimate_image(path: Path) -> Estimate:
             # A never-compressed image changes least at quality 100: then the grid was a coincidence.
             quality = ghost_quality(image, row, col)
             quality, source = (quality, "blockiness") if quality < 98 else (None, None)
-    return Estimate(noise_sigma(image), quality, blur_sigma(image), source)
+    return Estimate(noise_sigma(image), quality, blur_sigma(image), source, flat_noise(image))
