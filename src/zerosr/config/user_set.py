@@ -13,6 +13,7 @@ A key counts as set by the user when it is
 from __future__ import annotations
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 # The running job's keys set in its config (see `remember`); None before a job says so.
 _from_config: set[str] | None = None
@@ -98,10 +99,14 @@ def keys_changed_in(cfg: DictConfig, known: set[str]) -> set[str]:
     and the `known` set keys (so a value derived from a set key, written out, is not a change)."""
     reference = builtin_config(cfg)
     with open_dict(reference):
-        for key in known:
+        for key in sorted(known, key=lambda k: k.count(".")):  # a list before its items (train.losses.1.weight)
             value = OmegaConf.select(cfg, key, default=_UNRESOLVABLE)
-            if not key.startswith("hydra.") and value is not _UNRESOLVABLE:
+            if key.startswith("hydra.") or value is _UNRESOLVABLE:
+                continue
+            try:
                 OmegaConf.update(reference, key, value, force_add=True)
+            except OmegaConfBaseException:
+                pass  # no place for it in the built-in config: it is set already, nothing to compare
     ours, theirs = leaves(cfg), leaves(reference)
     found = set()
     for key, value in ours.items():
