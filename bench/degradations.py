@@ -62,33 +62,14 @@ def pipeline_speed(hr_paths: list[Path], batch: int, lq_size: int, batches: int 
 
 
 def data_wait(hr_paths: list[Path], workers: int, batch: int, lq_size: int, steps: int = 40) -> dict:
-    from zerosr import archs
+    from loader import train_on_stream  # bench/loader.py, beside this script
     from zerosr.data.realistic import DegradationSettings
     from zerosr.data.realistic_data import RealisticPatchDataset
     from zerosr.engine.data import BatchStream
 
     torch.manual_seed(0)
     dataset = RealisticPatchDataset(hr_paths, SCALE, lq_size, DegradationSettings(), length=10_000)
-    stream = BatchStream(dataset, batch, seed=0, num_workers=workers)
-    model = archs.build("paragonsr2_nano", SCALE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    waited = total = 0.0
-    for step in range(steps + 3):
-        t0 = time.perf_counter()
-        data = stream.next_batch()
-        t1 = time.perf_counter()
-        loss = (model(data["lq"]) - data["gt"]).abs().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        t2 = time.perf_counter()
-        if step >= 3:  # the first batches include worker start-up
-            waited += t1 - t0
-            total += t2 - t0
-    stream.close()
-    return {"workers": workers, "step_ms": round(total / steps * 1000, 1),
-            "samples_per_s": round(steps * batch / total, 1),
-            "wait_ms_per_step": round(waited / steps * 1000, 2), "wait_fraction": round(waited / total, 4)}
+    return {"workers": workers, **train_on_stream(BatchStream(dataset, batch, seed=0, num_workers=workers), steps, batch)}
 
 
 def degrade_real(hr: np.ndarray, noise: float, quality: int, seed: int) -> np.ndarray:

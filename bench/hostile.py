@@ -4,9 +4,9 @@
 
 Every run is `python train.py` on ../shared/data/bsd100_x2 (x2 pairs, 10 held out to validate),
 ParagonSR2 nano, `data.run_iter=--iters`, `train.seed=0`, once with `automation=auto` and once with
-`automation=off`, plus the case's overrides (the values a user got wrong; the nano preset is
-lr 1e-3, warm-up 1000 (a tenth of a short run), batch 32 scaled by the tier, 64 px patches,
-EMA 0.999, betas [0.9, 0.99], weight decay 0).
+`automation=off`, plus the case's overrides (the values a user got wrong, against what zerosr
+derives for nano: `python train.py arch=paragonsr2_nano --cfg job` shows it; the LR cases are
+multiples of the preset LR).
 
 Per run: the exit code, whether the last logged loss is finite, the best validation PSNR against
 bicubic on the same images (metrics.jsonl), the start-up warning lines, and what the automations
@@ -32,10 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "bsd100_x2"
 CHARBONNIER = "{_target_:zerosr.losses.CharbonnierLoss,weight:1.0}"
 CASES = {
-    "lr_10x": ["train.lr=1e-2"],
-    "lr_50x": ["train.lr=5e-2"],
-    "lr_1000x_low": ["train.lr=1e-6"],
-    "no_warmup_hot_lr": ["train.warmup_iter=0", "train.lr=1e-2"],
+    # LRs as multiples of the preset (`train.lr_scale` multiplies it), whatever the preset is.
+    "lr_10x": ["train.lr_scale=10"],
+    "lr_50x": ["train.lr_scale=50"],
+    "lr_1000x_low": ["train.lr_scale=0.001"],
+    "no_warmup_hot_lr": ["train.warmup_iter=0", "train.lr_scale=10"],
     # Two losses, so the loss schedule has something to balance, with the known-bad values.
     "loss_schedule_mistake": [f"train.losses=[{CHARBONNIER},{{_target_:zerosr.losses.MSSSIMLoss,weight:0.2}}]",
                               "automation.loss_schedule.momentum=0.95", "automation.loss_schedule.max_weight=100",

@@ -81,12 +81,9 @@ def make_pairs(workdir: Path) -> tuple[str, list[tuple[Path, Path]]]:
     return "generated (40 images, 384x384 HR)", pair_images(workdir / "hr", workdir / "lr", SCALE)
 
 
-def measure_loader(pairs, workers: int, cache: bool, steps: int, batch: int, lq_size: int) -> dict:
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    dataset = PairedPatchDataset(pairs, SCALE, lq_size, cache=cache)
-    build_s = time.perf_counter() - start
-    stream = BatchStream(dataset, batch, seed=0, num_workers=workers)
+def train_on_stream(stream: BatchStream, steps: int, batch: int) -> dict:
+    """Train ParagonSR2 nano (forward, L1, backward, AdamW) on `steps` batches of `stream`, timing
+    how long each step waits for its batch; closes the stream."""
     model = archs.build("paragonsr2_nano", SCALE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     waited = total = 0.0
@@ -104,15 +101,21 @@ def measure_loader(pairs, workers: int, cache: bool, steps: int, batch: int, lq_
             total += t2 - t0
     stream.close()
     return {
-        "workers": workers,
-        "cache": cache,
-        "dataset_build_s": round(build_s, 3),
         "step_ms": round(total / steps * 1000, 2),
         # The wait share alone flatters slow set-ups: workers that decode steal the model's cores.
         "samples_per_s": round(steps * batch / total, 1),
         "wait_ms_per_step": round(waited / steps * 1000, 2),
         "wait_fraction": round(waited / total, 4),
     }
+
+
+def measure_loader(pairs, workers: int, cache: bool, steps: int, batch: int, lq_size: int) -> dict:
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    dataset = PairedPatchDataset(pairs, SCALE, lq_size, cache=cache)
+    build_s = time.perf_counter() - start
+    timing = train_on_stream(BatchStream(dataset, batch, seed=0, num_workers=workers), steps, batch)
+    return {"workers": workers, "cache": cache, "dataset_build_s": round(build_s, 3), **timing}
 
 
 def nano_defaults() -> tuple[int, int, int]:

@@ -15,7 +15,8 @@ values: momentum 0.95, max_weight 100). Targets: auto >= best hand-set - 0.05 dB
 
 Length mode (`--iters N`): every run is N iterations (`data.run_iter`), no time budget, once per
 seed. Runs: `auto`, and `automation=off` (fixed warm-up + cosine, fixed batch) at three LRs around
-nano's preset 1e-3: `off_lr5e-4`, `off_lr1e-3`, `off_lr2e-3`; `--extra` adds alternatives;
+nano's preset: `off_x0.5`, `off_x1`, `off_x2` (half, equal, double; each run reports its `lr`);
+`--extra` adds alternatives;
 `--common` overrides go to every run (e.g. a fixed batch, to compare LR policies alone).
 Equal iterations: each run's best validation PSNR, averaged over the seeds. Equal wall-clock: each
 hand-set run's best PSNR among the validations it had reached when `auto` ended (the
@@ -48,11 +49,12 @@ BUDGET_RUNS = {
     "off_lr5e-4": ["automation=off", "train.lr=5e-4"],
     "mistake": ["automation.loss_schedule.momentum=0.95", "automation.loss_schedule.max_weight=100"],
 }
+# Around whatever nano's preset is: half, the preset, double (`train.lr_scale` multiplies it).
 LENGTH_RUNS = {
     "auto": [],
-    "off_lr5e-4": ["automation=off", "train.lr=5e-4"],
-    "off_lr1e-3": ["automation=off", "train.lr=1e-3"],
-    "off_lr2e-3": ["automation=off", "train.lr=2e-3"],
+    "off_x0.5": ["automation=off", "train.lr_scale=0.5"],
+    "off_x1": ["automation=off", "train.lr_scale=1"],
+    "off_x2": ["automation=off", "train.lr_scale=2"],
 }
 
 
@@ -89,6 +91,7 @@ def run(label: str, extra: list[str], total_iter: int, n_val: int, workdir: Path
     decisions = [json.loads(line) for line in decision_log.read_text().splitlines()] if decision_log.exists() else []
     return {
         "overrides": extra,
+        "lr": lr_of(run_dir),
         "best_psnr": round(best["val/psnr"], 3),
         "best_ssim": round(best["val/ssim"], 4),
         "best_iter": best["iter"],
@@ -100,6 +103,14 @@ def run(label: str, extra: list[str], total_iter: int, n_val: int, workdir: Path
         "validations": [(r["iter"], round(r.get("time/elapsed_s", float("nan")), 1), round(r["val/psnr"], 3))
                         for r in vals],
     }
+
+
+def lr_of(run_dir: Path) -> float:
+    """The base LR the run trained at: its resolved train.lr x train.lr_scale."""
+    from omegaconf import OmegaConf
+
+    train = OmegaConf.load(run_dir / "resolved_config.yaml").train
+    return float(train.lr) * float(train.lr_scale)
 
 
 def best_by(result: dict, seconds: float) -> float | None:

@@ -110,6 +110,22 @@ def test_validation_psnr_plateau_counts_even_when_loss_improves():
     assert lr.factor == 0.25 and "validation PSNR" in decisions[0].reason
 
 
+def test_a_flat_loss_does_not_cut_while_validation_psnr_still_rises():
+    def cuts(psnr_at):
+        lr = controller()
+        decisions = []
+        for it in range(1, 1201):
+            decisions += lr.on_step_end(it, {"loss": 1.0})
+            if it % 100 == 0:
+                decisions += lr.on_validation(it, {"val/psnr": psnr_at(it)})
+        return [d.iteration for d in decisions if d.reason.startswith("plateau")]
+
+    assert cuts(lambda it: 25.0 + it / 100) == []  # the held-out images say it still learns
+    assert cuts(lambda it: 32.0 + 0.005 * it / 100) == []  # a long run's slow late gains count too
+    stalled = cuts(lambda it: 25.0 + min(it, 600) / 100)  # PSNR stops rising at 600
+    assert stalled and all(it > 600 for it in stalled)
+
+
 def test_improving_psnr_never_cuts():
     lr = controller()
     for it in range(100, 2001, 100):

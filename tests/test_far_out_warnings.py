@@ -24,11 +24,11 @@ def warnings_for(*overrides: str) -> list[str]:
 
 # (overrides, what the one line starts with, the preset value it names)
 FAR_OUT = [
-    (["train.lr=1e-2"], "train.lr=0.01 is 10x the preset 0.001", "diverge"),
-    (["train.lr=5e-2"], "train.lr=0.05 is 50x the preset 0.001", "diverge"),
-    (["train.lr_scale=20"], "train.lr=0.02 is 20x the preset 0.001", "diverge"),
-    (["train.lr=1e-6"], "train.lr=1e-06 is 1000x below the preset 0.001", "barely"),
-    (["train.warmup_iter=0", "train.lr=2e-3"], "train.warmup_iter=0 with lr 0.002 above the preset 0.001 "
+    (["train.lr=4e-2"], "train.lr=0.04 is 10x the preset 0.004", "diverge"),
+    (["train.lr=0.2"], "train.lr=0.2 is 50x the preset 0.004", "diverge"),
+    (["train.lr_scale=20"], "train.lr=0.08 is 20x the preset 0.004", "diverge"),
+    (["train.lr=4e-6"], "train.lr=4e-06 is 1000x below the preset 0.004", "barely"),
+    (["train.warmup_iter=0", "train.lr=8e-3"], "train.warmup_iter=0 with lr 0.008 above the preset 0.004 "
                                               "(preset warm-up 30 iterations)", "blow up"),
     (["train.batch_size=1"], "train.batch_size=1 (preset 8 on this tier)", "noisy"),
     (["train.lq_size=8"], "train.lq_size=8 px (preset 48 px on this tier, at least 16)", "border"),
@@ -51,7 +51,7 @@ def test_a_far_out_value_gives_one_line_naming_it_the_preset_and_the_risk(overri
 
 @pytest.mark.parametrize("overrides", [
     [],  # zerosr's own values are never judged
-    ["train.lr=5e-3"], ["train.lr=5e-5"], ["train.batch_size=2"], ["train.lq_size=16"],
+    ["train.lr=2e-2"], ["train.lr=2e-4"], ["train.batch_size=2"], ["train.lq_size=16"],
     ["train.ema_decay=0.9999"], ["train.optimizer.betas=[0.9,0.999]"], ["train.optimizer.betas=[0.5,0.999]"],
     ["train.optimizer.weight_decay=0.05"], ["train.warmup_iter=0"], [f"train.losses={GAN % 0.05}"],
     [f"train.losses={GAN % 0.5}", "train.pretrain=weights.safetensors"],
@@ -81,15 +81,15 @@ def data(tmp_path_factory):
 def test_the_screen_warns_once_per_value_and_the_run_uses_the_values(data, tmp_path):
     run = tmp_path / "run"
     overrides = auto_overrides(data, **{"train.total_iter": 2, "train.val_freq": 2, "train.save_freq": 2,
-                                        "train.lr": 2e-2, "train.optimizer.betas": "[0.5,0.5]",
+                                        "train.lr": 8e-2, "train.optimizer.betas": "[0.5,0.5]",
                                         "train.optimizer.weight_decay": 1.0})
     out = train_py(*overrides, f"hydra.run.dir={run}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     warnings = [line for line in out.stdout.splitlines() if line.startswith("warning ")]
-    assert [line.split()[1] for line in warnings] == ["train.lr=0.02", "train.optimizer.betas=[0.5,",
+    assert [line.split()[1] for line in warnings] == ["train.lr=0.08", "train.optimizer.betas=[0.5,",
                                                       "train.optimizer.weight_decay=1"], warnings
-    assert "preset 0.001" in warnings[0] and "preset [0.9, 0.99]" in warnings[1] and "preset 0" in warnings[2]
+    assert "preset 0.004" in warnings[0] and "preset [0.9, 0.99]" in warnings[1] and "preset 0" in warnings[2]
     # What the optimizer stepped with: the user's values (the LR after its one-step warm-up).
     group = load_training_state(run / "training_state" / "state_00000002.pt")["optimizer"]["param_groups"][0]
-    assert group["lr"] == pytest.approx(2e-2) and tuple(group["betas"]) == (0.5, 0.5)
+    assert group["lr"] == pytest.approx(8e-2) and tuple(group["betas"]) == (0.5, 0.5)
     assert group["weight_decay"] == 1.0
