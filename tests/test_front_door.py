@@ -205,7 +205,7 @@ def test_the_screen_says_which_automations_run_and_the_lr_that_runs(tmp_path):
                      f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
     assert one.returncode == 0, one.stderr
     assert "automation   clip: p98.0" in one.stdout and "plateau patience" not in one.stdout
-    assert "lr 0.0005 = 0.001 x train.lr_scale 0.5" in one.stdout
+    assert "lr 0.002 = 0.004 x train.lr_scale 0.5" in one.stdout
 
 
 # --------------------------------------------------------------------------- 6. config checks
