@@ -98,6 +98,24 @@ def test_blowup_reduces_then_holds():
     assert lr.factor == 0.25
 
 
+def test_a_loss_blown_up_past_the_untrained_level_rolls_back_and_reduces():
+    # It explodes before the EMA is trusted: its best is itself blown up, the first steps are not.
+    lr = controller()
+    window = smoothing_window(100)
+    decisions = run(lr, [0.04] * 5 + [1000.0] * (window - 5))
+    assert [d.change for d in decisions] == [{"rollback": (0, 1)}, {"lr_factor": (1.0, 0.5), "lr": decisions[1].change["lr"]}]
+    assert decisions[0].iteration == window and lr.take_rollback() and not lr.take_rollback()
+    # From the restored weights the LR warms up again (10 iterations here), to the lowered level.
+    assert lr.lr_at(window + 1) == pytest.approx(1e-3 * 0.5 / 10) and lr.lr_at(window + 10) == pytest.approx(5e-4)
+    # The statistics start afresh after the rollback: the next judgement needs a new window.
+    assert run(lr, [1000.0] * (window - 1), start=window + 1) == []
+    assert any("rollback" in d.change for d in run(lr, [1000.0], start=2 * window))
+    # A healthy run far below its start never sees it.
+    healthy = controller()
+    assert not any("rollback" in d.change for d in run(healthy, [0.04] * 5 + [0.02] * 500))
+    assert not healthy.take_rollback()
+
+
 def test_validation_psnr_plateau_counts_even_when_loss_improves():
     lr = controller()
     decisions = []

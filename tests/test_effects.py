@@ -142,3 +142,16 @@ def test_an_early_stop_ends_the_optimizer_steps(data, tmp_path, monkeypatch):
     # then a cool-down of half the 6 iterations done.
     assert len(counted) == 9
     assert sorted(p.name for p in (tmp_path / "run" / "training_state").glob("*.pt"))[-1] == "state_00000009.pt"
+
+
+def test_a_loss_blown_up_past_the_start_restores_the_starting_weights(make_trainer):
+    trainer = make_trainer(**{"automation.early_stop.enabled": False, "train.total_iter": 40})
+    start = {k: v.clone() for k, v in trainer.learner.module.state_dict().items()}
+    lr = trainer.suite.lr
+    for _ in range(lr.window - 1):  # the smoothed loss is not judged yet
+        trainer.step()
+    assert any(not torch.equal(start[k], v) for k, v in trainer.learner.module.state_dict().items())
+    lr.start_losses = [1e-9] * len(lr.start_losses)  # any real loss is now far past the start
+    trainer.step()  # the first judged step: a blow-up past the start
+    assert trainer.faults["rollbacks"] == 1 and lr.factor == 0.5
+    assert all(torch.equal(start[k], v) for k, v in trainer.learner.module.state_dict().items())

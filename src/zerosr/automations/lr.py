@@ -15,6 +15,11 @@ cool-down that ends the run.
   iteration 2400 while PSNR rose 0.16 dB per 400 iterations);
 - blow-up: the EMA-smoothed loss exceeds `blowup_factor` times its best -> factor * reduce_factor,
   then `blowup_hold` iterations in which nothing else moves it;
+- blow-up past the start: the smoothed loss exceeds `blowup_factor` times the median loss of the
+  first `START_STEPS` steps (the untrained network; a loss that explodes before the EMA is trusted
+  leaves a best that is itself blown up) -> the weights are worse than untrained, so roll back to
+  the last good state, reduce, and warm up again from there (the restored weights meet the hot
+  LR as the untrained ones did); the loss statistics start afresh, so no hold;
 - batch change: square-root rule, factor * sqrt(new / old);
 - repeated non-finite steps: roll back to the last good state and reduce, then hold.
 
@@ -35,6 +40,7 @@ it needs no trainer and is tested with a synthetic loss curve.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -54,6 +60,9 @@ NONFINITE_WINDOW = 100
 # Validations in a row without a better PSNR before they count as a plateau: one noisy
 # validation is not a plateau.
 PSNR_MISSES_FOR_PLATEAU = 2
+# Steps whose median loss is the untrained network's level: a smoothed loss far above it means
+# weights worse than untrained.
+START_STEPS = 5
 # A window-mean gain under this many standard errors is what batch noise alone gives (a flat
 # loss beats it ~2 % of the time).
 PLATEAU_Z = 2.0
@@ -133,7 +142,7 @@ def sqrt_batch_scale(old_batch: int, new_batch: int) -> float:
 
 class LRController(Automation):
     name = "lr"
-    STATE = ("base_lr", "factor", "smoothed", "best_loss", "window_sum", "window_sum_sq", "window_n",
+    STATE = ("base_lr", "factor", "warmup_from", "smoothed", "best_loss", "start_losses", "window_sum", "window_sum_sq", "window_n",
              "best_window", "last_loss_improvement", "best_psnr", "last_psnr_improvement", "psnr_misses", "hold_until", "steps_seen",
              "nonfinite_iters", "rollbacks", "rollback_pending", "give_up", "cut")
 
@@ -160,8 +169,10 @@ class LRController(Automation):
         self.preset_lr = float(base_lr)
         self.base_lr = float(base_lr)
         self.factor = 1.0
+        self.warmup_from = 0  # the warm-up ramp starts here: 0, or the last blow-up rollback
         self.smoothed: float | None = None  # EMA of the loss: the blow-up test
         self.best_loss: float | None = None
+        self.start_losses: list[float] = []  # the first START_STEPS raw losses: the untrained level
         # The plateau test: the loss summed over the current window of steps, and the best
         # finished window's [mean, standard error].
         self.window_sum = self.window_sum_sq = 0.0
@@ -199,6 +210,10 @@ class LRController(Automation):
     def restart_loss_baseline(self) -> None:
         """The loss about to be measured is a new quantity (a delayed GAN term joins the total):
         its jump is neither a blow-up nor progress, so the loss statistics start afresh."""
+        self._restart_loss_statistics()
+        self.start_losses = []
+
+    def _restart_loss_statistics(self) -> None:
         self.smoothed = self.best_loss = self.best_window = None
         self.window_sum = self.window_sum_sq = 0.0
         self.window_n = self.steps_seen = 0
@@ -226,7 +241,7 @@ class LRController(Automation):
         factor = self.factor if factor is None else factor
         if not self.enabled:  # the fixed schedule; `factor` moves only after a non-finite rollback
             return scheduled_lr(self.base_lr, iteration, self.warmup_iter, self.total_iter) * factor
-        return (self.base_lr * warmup_ramp(iteration, self.warmup_iter) * factor
+        return (self.base_lr * warmup_ramp(iteration - self.warmup_from, self.warmup_iter) * factor
                 * cooldown_scale(iteration, self.cooldown_start, self.end_iter))
 
     def take_rollback(self) -> bool:
@@ -242,12 +257,25 @@ class LRController(Automation):
         loss = float(loss)
         self.smoothed = smooth(self.smoothed, loss, self.alpha)
         self.steps_seen += 1
+        if len(self.start_losses) < START_STEPS:
+            self.start_losses.append(loss)
         if self.steps_seen < self.window:  # the EMA still remembers the first, untrained batches
             self.last_loss_improvement = iteration
             return []
         self.best_loss = self.smoothed if self.best_loss is None else min(self.best_loss, self.smoothed)
         if iteration < self.hold_until:
             return []
+        start = statistics.median(self.start_losses)
+        if blew_up(self.smoothed, start, self.blowup_factor):
+            smoothed = self.smoothed
+            self._restart_loss_statistics()
+            self.rollbacks += 1
+            self.rollback_pending = True
+            self.warmup_from = iteration
+            rollback = self.decision(iteration, f"blow-up past the start: smoothed loss {smoothed:.4g} is over "
+                                     f"{self.blowup_factor:g}x the first steps' {start:.4g}: restore the last good state",
+                                     rollback=(self.rollbacks - 1, self.rollbacks))
+            return [rollback] + self._reduce(iteration, "blow-up past the start: lower LR after the rollback")
         if blew_up(self.smoothed, self.best_loss, self.blowup_factor):
             return self._reduce(iteration, f"blow-up: smoothed loss {self.smoothed:.4g} is over "
                                 f"{self.blowup_factor:g}x its best {self.best_loss:.4g}; holding "
@@ -356,7 +384,7 @@ class LRController(Automation):
                               lr=(self.lr_at(iteration + 1, old), self.lr_at(iteration + 1, new)))]
 
     def _restore(self, key, value):
-        if key in ("nonfinite_iters", "cut", "best_window"):
+        if key in ("nonfinite_iters", "cut", "best_window", "start_losses"):
             return None if value is None else list(value)
         return value
 
