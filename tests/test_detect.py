@@ -43,6 +43,9 @@ def test_loader_workers_from_cores(fake_hardware):
     fake_hardware(cpu_cores=2)
     assert loader_workers(probe(), cap=8) == 1
     assert loader_workers(probe(), cap=2, share=0.25) == 0  # cpu tier: the model needs both cores
+    assert loader_workers(probe(), cap=2, share=0.25, data="realistic") == 1  # unless the loader degrades
+    fake_hardware(cpu_cores=1)
+    assert loader_workers(probe(), cap=2, share=0.25, data="realistic") == 0  # no second core to give
     fake_hardware(cpu_cores=32)
     assert loader_workers(probe(), cap=8) == 8
     fake_hardware(gpus=[gpu(24.0)] * 4, cpu_cores=16)
@@ -177,3 +180,11 @@ def test_detection_counts_only_the_gpus_cuda_visible_devices_shows(with_nvml, mo
     with_nvml(fake_pynvml(nvmlDeviceGetCount=lambda: 3, nvmlDeviceGetHandleByIndex=lambda i: i,
                           nvmlDeviceGetName=lambda h: f"GPU {'abc'[h]}"))
     assert [g.name for g in probe().gpus] == names
+
+
+def test_the_cpu_tier_gives_realistic_data_a_loader_worker(fake_hardware):
+    from zerosr.config.compose import compose_config
+
+    fake_hardware(cpu_cores=2)
+    assert compose_config(["data=demo"]).hardware_tier.num_workers == 0
+    assert compose_config(["data=realistic", "data.gt_path=/x"]).hardware_tier.num_workers == 1

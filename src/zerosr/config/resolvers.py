@@ -40,7 +40,7 @@ _RULES = {
     "analysis_batches": derive.analysis_batches,
     # Facts of this machine (the probe is cached, so these cost nothing after the first call).
     "precision": lambda no_gpu_default: precision_for(probe(), no_gpu_default),
-    "loader_workers": lambda cap, share=0.5: loader_workers(probe(), int(cap), float(share)),
+    "loader_workers": lambda cap, share=0.5, data="": loader_workers(probe(), int(cap), float(share), str(data)),
 }
 
 

@@ -37,15 +37,20 @@ def precision_for(hardware: Hardware, no_gpu_default: str) -> str:
     return "bf16" if capability >= (8, 0) else "fp16"
 
 
-def loader_workers(hardware: Hardware, cap: int, share: float = 0.5) -> int:
+def loader_workers(hardware: Hardware, cap: int, share: float = 0.5, data: str = "") -> int:
     """DataLoader workers: `share` of the logical cores per training process, at most `cap`.
 
     GPU tiers give half the cores to loading (the GPU does the maths). On the cpu tier the model's
     own threads need the cores: a worker there takes a core from every matrix product, and with
-    decoded images cached in RAM the main process cuts patches in ~1 % of a step anyway.
+    decoded images cached in RAM the main process cuts patches in ~1 % of a step anyway. Not so
+    with `data=realistic`, whose loader makes every LR patch (blur, noise, JPEG, twice): on 2 cores
+    that is 20 % of a nano step at 0 workers and 2.7 % with one, which also trains slightly faster
+    (`python bench/degradations.py --skip-runs`), so it gets at least one worker where there are
+    two cores to share.
     """
     per_process = hardware.cpu_logical_cores // max(1, len(hardware.gpus))
-    return max(0, min(cap, int(per_process * share)))
+    workers = max(0, min(cap, int(per_process * share)))
+    return max(workers, 1) if data == "realistic" and per_process >= 2 else workers
 
 
 def generation(capability: tuple[int, int] | None) -> str:
