@@ -9,10 +9,10 @@ cool-down that ends the run.
   `improvement_threshold` relative: smaller gains are what batch noise gives) while validation
   PSNR did not improve either, or validation PSNR has not improved by the same relative fall of
   the error (`psnr_margin_db`: 0.0043 dB for 1e-3) for two validations and `plateau_patience`
-  iterations -> factor * reduce_factor. The held-out images
-  outrank the training loss: while PSNR still rises the network still learns at this LR, however
-  flat the loss looks (measured: cuts on the loss alone put a 6000-iteration run at its floor LR by
-  iteration 2400 while PSNR rose 0.16 dB per 400 iterations);
+  iterations -> factor * reduce_factor. The held-out images outrank the training loss: while
+  PSNR still rises the network still learns at this LR, however flat the loss looks (measured:
+  cuts on the loss alone put a 6000-iteration run at its floor LR by iteration 2400 while PSNR
+  rose 0.16 dB per 400 iterations);
 - blow-up: the EMA-smoothed loss exceeds `blowup_factor` times its best -> factor * reduce_factor,
   then `blowup_hold` iterations in which nothing else moves it;
 - blow-up past the start: the smoothed loss exceeds `blowup_factor` times the median loss of the

@@ -315,9 +315,8 @@ class Trainer:
         stats.update({"grad_norm": norm, "clip_threshold": threshold, "clipped": float(norm > threshold)})
         old_batch = suite.batch.batch_size
         self.record(suite.on_step_end(it, stats))
-        if suite.lr.take_rollback():  # the loss blew up past the untrained network's
-            self._rollback()
-            self.record([Decision(it, "guard", {}, f"loss blew up past the start: rolled back to {self._last_good_name()}")])
+        if suite.lr.take_rollback():
+            self._rollback(it, "loss blew up past the start")
         if cooldown_due:  # agreed by every rank, so every rank moves the end alike
             self.record(suite.lr.finish_in(it, self._iterations_left(it), "time budget"))
         if suite.batch.batch_size != old_batch:
@@ -330,22 +329,20 @@ class Trainer:
         self.record([Decision(it, "guard", {}, f"non-finite loss or gradient (loss {stats['loss']}): step skipped")])
         self.record(self.suite.on_nonfinite(it))
         if self.suite.lr.take_rollback():
-            self._rollback()
-            self.record([Decision(it, "guard", {}, f"repeated non-finite steps: rolled back to {self._last_good_name()}")])
+            self._rollback(it, "repeated non-finite steps")
         if self.suite.lr.give_up:
             raise UserError(f"training keeps producing NaN/Inf at iteration {it} even at the lowest LR: "
                             "check the data (preflight: python -m zerosr.doctor) or lower train.lr")
         return {**stats, "skipped": 1.0}
 
-    def _last_good_name(self) -> str:
-        return str(self.last_good) if isinstance(self.last_good, Path) else "the start of the run"
-
-    def _rollback(self) -> None:
+    def _rollback(self, it: int, why: str) -> None:
         """Back to the last good learner state; iteration, data and automations go on."""
         state = (self.last_good if isinstance(self.last_good, dict)
                  else distributed.on_main(lambda: load_training_state(self.last_good)))
         self.learner.load_state_dict(state)
         self.faults["rollbacks"] += 1
+        where = self.last_good if isinstance(self.last_good, Path) else "the start of the run"
+        self.record([Decision(it, "guard", {}, f"{why}: rolled back to {where}")])
 
     def log_step(self, iteration: int, stats: dict[str, float]) -> None:
         """One metrics line; with several scheduled losses, each one's trend and weight beside it."""
