@@ -1,6 +1,7 @@
 """The realistic degradations: speed, data wait, and whether calibration pays off. Prints one JSON object.
 
-    .venv/bin/python bench/degradations.py [--iters 400] [--noise 10] [--quality 50] [--skip-runs] [--out F]
+    .venv/bin/python bench/degradations.py [--iters 400] [--noise 10] [--quality 50] [--runs NAME ...]
+                                           [--skip-runs] [--out F]
 
 1. `pipeline`: samples/s of `degrade_batch` on this CPU at nano's default patch and batch.
 2. `data_wait`: the share of the training step spent waiting for the next batch, with the run's
@@ -8,11 +9,13 @@
    the tier's loader workers and, for reference, at one worker more.
 3. `calibration`: HR images of ../shared/data/bsd100_x2/hr split into 70 training, 15 target and
    15 held-out images. Target and held-out LR are made the same way: bicubic x2, Gaussian noise of
-   sigma `--noise`, then JPEG at `--quality` (libjpeg, saved as .jpg). Three nano runs of
-   `--iters` iterations each, started as a user starts them (`python train.py`), equal in length,
-   batch and seed (automation=off so nothing stops one early):
+   sigma `--noise`, then JPEG at `--quality` (libjpeg, saved as .jpg). Nano runs of `--iters`
+   iterations each, started as a user starts them (`python train.py`), equal in length, batch and
+   seed (automation=off so nothing stops one early), chosen with `--runs`:
    `bicubic` data=paired on the HR (bicubic LR), `calibrated` data=realistic with
-   data.target_path=target folder, `defaults` data=realistic with the Real-ESRGAN defaults.
+   data.target_path=target folder, `defaults` data=realistic with the Real-ESRGAN defaults, and
+   (not by default) `oracle`: data=paired on LR made exactly as the target's, the ceiling that
+   no calibration can pass.
    Each run's final EMA weights are scored by PSNR-Y (border cropped by the scale) on the held-out
    degraded images; `input_bicubic` upscales those inputs by bicubic interpolation.
    Target (issue): calibrated beats bicubic-trained by at least 1 dB.
@@ -88,7 +91,7 @@ def prepare(workdir: Path, noise: float, quality: int) -> dict[str, Path]:
     from zerosr.data.io import read_image_raw
 
     paths = sorted(HR_DIR.glob("*.png"))
-    folders = {name: workdir / name for name in ("train_hr", "target", "test_hr", "test_lr")}
+    folders = {name: workdir / name for name in ("train_hr", "train_lr", "target", "test_hr", "test_lr")}
     for folder in folders.values():
         folder.mkdir(parents=True)
     for i, path in enumerate(paths):
@@ -96,6 +99,7 @@ def prepare(workdir: Path, noise: float, quality: int) -> dict[str, Path]:
         hr = hr[: hr.shape[0] // SCALE * SCALE, : hr.shape[1] // SCALE * SCALE]
         if i % 20 < 14:
             os.symlink(path, folders["train_hr"] / path.name)
+            (folders["train_lr"] / f"{path.stem}.jpg").write_bytes(degrade_real(hr, noise, quality, i).tobytes())
         elif i % 20 < 17:
             (folders["target"] / f"{path.stem}.jpg").write_bytes(degrade_real(hr, noise, quality, i).tobytes())
         else:
@@ -138,7 +142,11 @@ def score(weights: Path | None, folders: dict[str, Path]) -> float:
     return round(float(np.mean(psnrs)), 3)
 
 
-def calibration_benchmark(iters: int, noise: float, quality: int, partial=lambda result: None) -> dict:
+RUNS = ("bicubic", "calibrated", "defaults", "oracle")
+
+
+def calibration_benchmark(iters: int, noise: float, quality: int, names: list[str],
+                          partial=lambda result: None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         folders = prepare(workdir, noise, quality)
@@ -149,20 +157,24 @@ def calibration_benchmark(iters: int, noise: float, quality: int, partial=lambda
             "calibrated": ["data=realistic", f"data.gt_path={folders['train_hr']}",
                            f"data.target_path={folders['target']}"],
             "defaults": ["data=realistic", f"data.gt_path={folders['train_hr']}"],
+            "oracle": ["data=paired", f"data.gt_path={folders['train_hr']}", f"data.lq_path={folders['train_lr']}"],
         }
         results = {}
-        for name, overrides in runs.items():
+        for name in names:
+            overrides = runs[name]
             run_dir = workdir / "runs" / name
             info = train_run(name, overrides, run_dir, iters)
             weights = sorted((run_dir / "models").glob("net_g_ema_*.safetensors"))[-1]
             results[name] = {"psnr_y": score(weights, folders), **info}
             partial({"iters": iters, "runs_so_far": results})
         results["input_bicubic"] = {"psnr_y": score(None, folders)}
-        return {"iters": iters, "batch": 8, "noise_sigma": noise, "jpeg_quality": quality,
-                "images": {k: len(list(v.iterdir())) for k, v in folders.items() if k != "test_lr"},
-                "target_estimate": json.loads(estimate.stdout), "runs": results,
-                "calibrated_minus_bicubic_db": round(results["calibrated"]["psnr_y"] - results["bicubic"]["psnr_y"], 3),
-                "target_met": results["calibrated"]["psnr_y"] - results["bicubic"]["psnr_y"] >= 1.0}
+        report = {"iters": iters, "batch": 8, "noise_sigma": noise, "jpeg_quality": quality,
+                  "images": {k: len(list(v.iterdir())) for k, v in folders.items() if k not in ("test_lr", "train_lr")},
+                  "target_estimate": json.loads(estimate.stdout), "runs": results}
+        if "calibrated" in results and "bicubic" in results:
+            gain = results["calibrated"]["psnr_y"] - results["bicubic"]["psnr_y"]
+            report.update(calibrated_minus_bicubic_db=round(gain, 3), target_met=gain >= 1.0)
+        return report
 
 
 def main() -> None:
@@ -170,6 +182,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=400)
     parser.add_argument("--noise", type=float, default=10.0)
     parser.add_argument("--quality", type=int, default=50)
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS[:3]), help="training runs, in order")
     parser.add_argument("--skip-runs", action="store_true", help="speed only, no training runs")
     parser.add_argument("--out", type=Path, help="also write the report here, the runs so far after every run")
     args = parser.parse_args()
@@ -184,7 +197,7 @@ def main() -> None:
             args.out.write_text(json.dumps({**report, "calibration": calibration}, indent=2))
 
     if not args.skip_runs:
-        report["calibration"] = calibration_benchmark(args.iters, args.noise, args.quality, write)
+        report["calibration"] = calibration_benchmark(args.iters, args.noise, args.quality, args.runs, write)
     report["seconds"] = round(time.perf_counter() - started, 1)
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2))

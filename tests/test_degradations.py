@@ -110,6 +110,17 @@ def test_noise_and_compression_are_applied_at_the_configured_strength():
     assert (compressed - clean).abs().mean() > 0.005 and (compressed - reference).abs().mean() < 0.5 / 255
 
 
+def test_final_compression_comes_after_the_resize_as_often_as_asked():
+    hr = hr_batch(4, 128)
+    change = {}
+    for prob in (0.0, 1.0):
+        lr = degrade_batch(hr, [0, 1, 2, 3], only(jpeg_range2=[20, 20], compress_last_prob=prob), 2)
+        change[prob] = ((jpeg_roundtrip(lr, torch.full((4,), 20.0)) - lr) * 255).pow(2).flatten(1).mean(1)
+    # Compressed last, the LR is a JPEG of its own size: compressing it again at its quality leaves
+    # it nearly as it is. Compressed before the resize, the LR is not on that grid at all.
+    assert change[1.0].max() < 1.0 and change[0.0].min() > 20.0, change
+
+
 def test_webp_is_used_when_asked():
     hr = hr_batch(2, 64)
     webp = degrade_batch(hr, [0, 1], only(webp_prob=1.0, jpeg_range2=[20, 20]), 1)
@@ -166,6 +177,7 @@ def test_calibration_centres_the_ranges_on_the_target(hr_folder, tmp_path):
     settings, decision = calibrate(DegradationSettings(), target, images, 2)
     assert 75 <= settings.jpeg_range2[0] <= 80 <= settings.jpeg_range2[1] <= 85
     assert settings.jpeg_range[0] >= settings.jpeg_range2[0]  # round 1 never harsher than the target
+    assert settings.compress_last_prob == 1.0  # the target's JPEG sits on its own grid: compress last
     assert decision.automation == "degradation" and "jpeg_range2" in decision.change
     # The noise the calibrated pipeline leaves before its final compression, on fresh seeds, is the
     # target's 10, which the estimate, made after JPEG, reads as far less.

@@ -60,6 +60,7 @@ class DegradationSettings:
     gray_noise_prob2: float = 0.4
     jpeg_range2: list[float] = _values(30.0, 95.0)  # the final compression
     final_sinc_prob: float = 0.8
+    compress_last_prob: float = 0.5  # final stage: compress after the resize to LR size (else before)
 
     def check(self, prefix: str = "data.degradation") -> None:
         """Raise UserError naming the first bad key and its fix."""

@@ -2,7 +2,10 @@
 
 The target folder is measured (noise, JPEG quality, blur; `zerosr.data.estimate`); then:
 - compression: the final JPEG range spans the measured qualities (10th to 90th percentile, 5 either
-  side) and the first round never compresses harder than that; no JPEG seen: light JPEG only;
+  side) and the first round never compresses harder than that; JPEG seen on the target's own 8x8
+  grid was the last thing done at the target's size, so the final compression always comes after
+  the resize to LR size (the recipe's random order puts it before in half the samples, where the
+  resize smooths its blocks away); no JPEG seen: light JPEG only, in the recipe's order;
 - noise: JPEG removes most noise before any estimate can see it (sigma 10 then quality 50 reads
   as about 3), so the target's flat-area level is read back through a probe: plain downscales of
   the training HR images, noisy at known sigmas, compressed at the target's quality. That gives
@@ -38,7 +41,7 @@ POISSON_PER_SIGMA = 1.0 / (255.0 * (0.5 / 256) ** 0.5)
 NOISE_KEYS = ("noise_range", "noise_range2", "poisson_scale_range", "poisson_scale_range2")
 BLUR_KEYS = ("blur_sigma", "blur_sigma2", "resize_range", "resize_range2", "sinc_prob", "sinc_prob2",
              "second_blur_prob", "final_sinc_prob")
-JPEG_KEYS = ("jpeg_range", "jpeg_range2")
+JPEG_KEYS = ("jpeg_range", "jpeg_range2", "compress_last_prob")
 MAX_TARGET_IMAGES = 64
 CALIBRATION_SAMPLES = 64
 NOISE_ROUNDS = 3
@@ -211,6 +214,8 @@ def calibrate(settings: DegradationSettings, target: TargetProfile, hr_images: I
         new.jpeg_range2 = _clamp(low, high, SAFETY["quality"])
     if not fixed("jpeg_range"):
         new.jpeg_range = _clamp(new.jpeg_range2[0], 100.0, SAFETY["quality"])
+    if summary["jpeg_quality"] is not None and not fixed("compress_last_prob"):
+        new.compress_last_prob = 1.0
 
     # Noise: the target's flat level read back through the probe as the sigma there was before
     # compression (JPEG hides most of it from any level measured after it).

@@ -95,7 +95,7 @@ def draw_params(seed: int, settings: DegradationSettings) -> SampleParams:
     final_mode = str(rng.choice(settings.resize_modes))
     final_codec = _codec(rng, settings, settings.jpeg_range2)
     return SampleParams(first, second, (first_codec, final_codec), final_sinc, final_mode,
-                        bool(rng.random() < 0.5), int(rng.integers(2**62)))
+                        bool(rng.random() < settings.compress_last_prob), int(rng.integers(2**62)))
 
 
 # --------------------------------------------------------------------------- the operations
