@@ -2,8 +2,9 @@
 
 Per sample: blur (one of six Gaussian-family kernels or a sinc filter), a random resize (up, down
 or keep; area, bilinear or bicubic), Gaussian or Poisson noise (colour or grey), JPEG (or WebP)
-compression; with `second_order_prob` a second round of blur, resize and noise; then, in random
-order, compression and the final resize to HR/scale with an optional sinc filter; 8-bit rounding.
+compression; with `second_order_prob` a second round of blur, resize and noise; then compression
+and the final resize to HR/scale with an optional sinc filter, compression last with probability
+`compress_last_prob` (the recipe's random order at 0.5); 8-bit rounding.
 
 Every random choice of a sample follows its seed alone: the parameters come from
 `numpy.random.default_rng(seed)`, the noise from a torch generator on the working device seeded
