@@ -314,3 +314,29 @@ def test_demo_dataset_survives_two_processes_at_once(tmp_path):
         assert worker.exitcode == 0
     assert len(list((root / "train" / "hr").glob("*.png"))) == 6
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # no staging folder left behind
+
+
+@pytest.mark.parametrize("option", ["demo", "paired", "realistic"])
+def test_every_data_option_gives_the_training_set_the_engine_relies_on(option, tmp_path, monkeypatch):
+    """The batch search, the stream and the loop use one interface, whatever data option built the set."""
+    from zerosr.config.compose import compose_config
+    from zerosr.data import PatchDataset
+    from zerosr.engine.data import BatchStream, build_data
+
+    monkeypatch.setenv("ZEROSR_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    for i, (h, w) in enumerate([(80, 96), (64, 72), (96, 96)]):
+        write_image(folder / f"{i}.png", smooth_image(i, h, w))
+    overrides = [f"data={option}", "train.lq_size=16", "scale=2"]
+    if option != "demo":
+        overrides += [f"data.gt_path={folder}", "data.n_val=1"]
+    train = build_data(compose_config(overrides)).train
+    assert isinstance(train, PatchDataset)
+    smallest = min(min(h, w) for h, w in train.images.lq_sizes)
+    assert train.largest_lq_size == smallest
+    if option != "demo":
+        assert train.largest_lq_size in (32, 36)  # the smallest held-in image's LR side
+    train.lq_size = 24  # what the batch search's apply_batch does
+    batch = BatchStream(train, 2, seed=0).next_batch()
+    assert batch["lq"].shape == (2, 3, 24, 24) and batch["gt"].shape == (2, 3, 48, 48)

@@ -1,6 +1,6 @@
 """Training data: image I/O, HR/LR pairing, bicubic LR, patch datasets and the demo dataset."""
 
-from zerosr.data.datasets import PairedImageDataset, PairedPatchDataset, seed_worker
+from zerosr.data.datasets import PairedImageDataset, PairedPatchDataset, PatchDataset, seed_worker
 from zerosr.data.degrade import bicubic_downscale
 from zerosr.data.demo import ensure_demo_dataset
 from zerosr.data.io import IMAGE_EXTENSIONS, read_image, write_image
@@ -11,6 +11,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "PairedImageDataset",
     "PairedPatchDataset",
+    "PatchDataset",
     "bicubic_downscale",
     "ensure_demo_dataset",
     "list_images",

@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from zerosr.data.degrade import bicubic_downscale
 from zerosr.data.io import quantize, read_image_raw, to_float32
@@ -174,7 +174,63 @@ def _rand_below(n: int, generator: torch.Generator | None) -> int:
     return int(torch.randint(n, (), generator=generator).item())
 
 
-class PairedPatchDataset(Dataset):
+class PatchDataset(Dataset):
+    """What the engine relies on in a training set, whichever data option made it.
+
+    Items are random square patches: `lq_size` LR pixels a side (the batch search may change it,
+    up to `largest_lq_size`), drawn by `sample(index, generator)`. `collate` makes a batch; a set
+    whose LR is made per batch (`degrades_per_batch`) leaves it out when asked (`degrade=False`)
+    and makes it with `degrade`, on any device. Subclasses give `images` (a PairImages), `scale`,
+    `lq_size`, `augment`, `length` and `sample`."""
+
+    degrades_per_batch = False
+    images: PairImages
+    scale: int
+    lq_size: int
+    augment: bool
+    length: int
+
+    def _check_patch_fits(self, too_small) -> None:
+        """Every image must hold an `lq_size` patch; `too_small(path, lq_h, lq_w)` words the error."""
+        for (gt_path, lq_path), (h, w) in zip(self.images.pairs, self.images.lq_sizes):
+            if h < self.lq_size or w < self.lq_size:
+                raise UserError(too_small(lq_path or gt_path, h, w))
+
+    @property
+    def largest_lq_size(self) -> int:
+        """The largest square LR patch every training image can give (the smallest image's side)."""
+        return min(min(h, w) for h, w in self.images.lq_sizes)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return self.sample(index)
+
+    def sample(self, index: int, generator: torch.Generator | None = None) -> dict:
+        raise NotImplementedError
+
+    def _flip(self, generator: torch.Generator | None, *images: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The same random flip/90-degree turn of each square image (one of all 8) when augmenting."""
+        if not self.augment:
+            return images
+        hflip, vflip, transpose = torch.randint(2, (3,), generator=generator).tolist()
+        if hflip:
+            images = tuple(image[:, ::-1] for image in images)
+        if vflip:
+            images = tuple(image[::-1] for image in images)
+        if transpose:
+            images = tuple(image.transpose(1, 0, 2) for image in images)
+        return images
+
+    def collate(self, items: list[dict], degrade: bool = True) -> dict:
+        return default_collate(items)
+
+    def degrade(self, gt: torch.Tensor, seeds, device: torch.device | str | None = None) -> torch.Tensor:
+        raise TypeError(f"{type(self).__name__} has its LR with every sample: nothing to degrade")
+
+
+class PairedPatchDataset(PatchDataset):
     """Random LR patch of `lq_size` with its HR patch; random flips and 90-degree rotations.
 
     `pairs`: (gt_path, lq_path) tuples, lq_path None meaning "make the LR by bicubic downscaling",
@@ -197,23 +253,9 @@ class PairedPatchDataset(Dataset):
         self.lq_size = int(lq_size)
         self.augment = augment
         self.length = len(self.images) if length is None else int(length)
-        for (gt_path, lq_path), (h, w) in zip(self.images.pairs, self.images.lq_sizes):
-            if h < self.lq_size or w < self.lq_size:
-                raise UserError(
-                    f"train.lq_size={self.lq_size} is larger than the LR of '{lq_path or gt_path}' "
-                    f"({w}x{h} LR pixels): lower train.lq_size or remove that image"
-                )
-
-    @property
-    def largest_lq_size(self) -> int:
-        """The largest square LR patch every training image can give (the smallest image's side)."""
-        return min(min(h, w) for h, w in self.images.lq_sizes)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict:
-        return self.sample(index)
+        self._check_patch_fits(lambda path, h, w: (
+            f"train.lq_size={self.lq_size} is larger than the LR of '{path}' ({w}x{h} LR pixels): "
+            "lower train.lq_size or remove that image"))
 
     def sample(self, index: int, generator: torch.Generator | None = None) -> dict:
         """Item `index`, its crop and flips drawn from `generator` (torch's global one when None)."""
@@ -224,15 +266,7 @@ class PairedPatchDataset(Dataset):
         left = _rand_below(lq.shape[1] - size + 1, generator)
         lq = lq[top : top + size, left : left + size]
         gt = gt[top * scale : (top + size) * scale, left * scale : (left + size) * scale]
-        if self.augment:
-            hflip, vflip, transpose = torch.randint(2, (3,), generator=generator).tolist()
-            # The three together give all 8 flips/rotations of the square patch.
-            if hflip:
-                lq, gt = lq[:, ::-1], gt[:, ::-1]
-            if vflip:
-                lq, gt = lq[::-1], gt[::-1]
-            if transpose:
-                lq, gt = lq.transpose(1, 0, 2), gt.transpose(1, 0, 2)
+        lq, gt = self._flip(generator, lq, gt)
         return {"lq": _to_tensor(lq), "gt": _to_tensor(gt), "index": pair_index}
 
 

@@ -14,15 +14,16 @@ from typing import Iterable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from zerosr.data.datasets import PairImages, _rand_below, _to_tensor, as_pairs
+from zerosr.data.datasets import PairImages, PatchDataset, _rand_below, _to_tensor, as_pairs
 from zerosr.data.realistic import DegradationSettings, degrade_batch
-from zerosr.errors import UserError
 
 VALIDATION_SEED = 20_210_731  # fixed: validations are comparable within a run and across runs
 
 
-class RealisticPatchDataset(Dataset):
+class RealisticPatchDataset(PatchDataset):
     """Random HR patches of `lq_size * scale` with flips and 90-degree turns; LR made per batch."""
+
+    degrades_per_batch = True
 
     def __init__(self, hr_paths: Iterable, scale: int, lq_size: int, settings: DegradationSettings,
                  augment: bool = True, cache: bool = True, length: int | None = None,
@@ -31,14 +32,9 @@ class RealisticPatchDataset(Dataset):
         self.scale, self.lq_size, self.augment = int(scale), int(lq_size), augment
         self.settings = settings
         self.length = len(self.images) if length is None else int(length)
-        for (path, _), (h, w) in zip(self.images.pairs, self.images.lq_sizes):
-            if h < self.lq_size or w < self.lq_size:
-                raise UserError(f"train.lq_size={self.lq_size} needs HR images of at least "
-                                f"{self.lq_size * self.scale} pixels a side; '{path}' is {w * self.scale}x"
-                                f"{h * self.scale}: lower train.lq_size or remove that image")
-
-    def __len__(self) -> int:
-        return self.length
+        self._check_patch_fits(lambda path, h, w: (
+            f"train.lq_size={self.lq_size} needs HR images of at least {self.lq_size * self.scale} pixels a "
+            f"side; '{path}' is {w * self.scale}x{h * self.scale}: lower train.lq_size or remove that image"))
 
     def sample(self, index: int, generator: torch.Generator | None = None) -> dict:
         """HR patch of item `index` and its degradation seed, all drawn from `generator`."""
@@ -47,12 +43,7 @@ class RealisticPatchDataset(Dataset):
         size = self.lq_size * self.scale
         top = _rand_below(gt.shape[0] - size + 1, generator)
         left = _rand_below(gt.shape[1] - size + 1, generator)
-        gt = gt[top:top + size, left:left + size]
-        if self.augment:
-            hflip, vflip, transpose = torch.randint(2, (3,), generator=generator).tolist()
-            gt = gt[:, ::-1] if hflip else gt
-            gt = gt[::-1] if vflip else gt
-            gt = gt.transpose(1, 0, 2) if transpose else gt
+        (gt,) = self._flip(generator, gt[top:top + size, left:left + size])
         seed = int(torch.randint(2**62, (), generator=generator))
         return {"gt": _to_tensor(gt), "index": pair_index, "degrade_seed": seed}
 

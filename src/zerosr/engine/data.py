@@ -32,6 +32,7 @@ from zerosr.config.user_set import user_set_keys
 from zerosr.data import (
     PairedImageDataset,
     PairedPatchDataset,
+    PatchDataset,
     ensure_demo_dataset,
     list_images,
     pair_images,
@@ -50,7 +51,7 @@ def cache_dir() -> Path:
 
 @dataclass
 class RunData:
-    train: PairedPatchDataset | RealisticPatchDataset
+    train: PatchDataset
     val: PairedImageDataset | RealisticImageDataset
     description: str
     # Start-up decisions taken while building the data (the degradation calibration): the engine
@@ -125,11 +126,11 @@ def build_data(cfg: DictConfig) -> RunData:
 
 
 class _SeededSamples(Dataset):
-    """Wraps a PairedPatchDataset so item (index, seed) draws its random crop and flips from `seed` alone.
+    """Wraps a PatchDataset so item (index, seed) draws its random crop and flips from `seed` alone.
 
     A private generator per sample: seeding torch's global one costs a millisecond a sample."""
 
-    def __init__(self, inner: PairedPatchDataset):
+    def __init__(self, inner: PatchDataset):
         self.inner = inner
 
     def __len__(self) -> int:
@@ -155,7 +156,7 @@ class BatchStream:
     rank, so a resumed run reads exactly what an uninterrupted one would have.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0,
+    def __init__(self, dataset: PatchDataset, batch_size: int, seed: int, num_workers: int = 0,
                  pin_memory: bool = False, prefetch_factor: int = 2, rank: int = 0, world_size: int = 1,
                  degrade_device: torch.device | str | None = None, host=contextlib.nullcontext):
         self.dataset = _SeededSamples(dataset)
@@ -163,11 +164,10 @@ class BatchStream:
         # given the run's GPU, on that device once the HR batch is there (next_batch), so the
         # loader never waits on it. `host` marks the loading as host work (the simulated card).
         self.degrade_device = (torch.device(degrade_device) if degrade_device is not None
-                               and hasattr(dataset, "degrade") else None)
+                               and dataset.degrades_per_batch else None)
         self.host = host
         self._warned_oom = False
-        collate = getattr(dataset, "collate", None)
-        self.collate = None if collate is None else functools.partial(collate, degrade=self.degrade_device is None)
+        self.collate = functools.partial(dataset.collate, degrade=self.degrade_device is None)
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
