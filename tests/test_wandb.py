@@ -14,9 +14,7 @@ import pytest
 
 from test_train import make_dataset, tiny_overrides
 from zerosr.config.compose import compose_config
-from zerosr.config.validate import validate
 from zerosr.engine.run import train
-from zerosr.errors import UserError
 from zerosr.report.logs import read_jsonl
 from zerosr.report.wandb_log import ID_FILE
 
@@ -143,6 +141,10 @@ def test_without_a_login_one_warning_line_and_the_run_finishes(data, tmp_path):
     assert any((run_dir / "tb").iterdir())
 
 
-def test_an_unknown_logger_is_one_line():
-    with pytest.raises(UserError, match="logger=mlflow is not a logger: use one of tensorboard, wandb"):
-        validate(compose_config(["logger=[tensorboard,mlflow]"]))
+def test_an_unknown_logger_is_one_line_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "train.py", "logger=[tensorboard,mlflow]", "dry_run=true",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("error: logger=mlflow is not a logger: use one of tensorboard, wandb, "
+                                                    "or a list such as logger=[tensorboard,wandb]")
+    assert not (tmp_path / "run" / "resolved_config.yaml").exists()
