@@ -198,6 +198,7 @@ def test_the_front_pages_commands_run_as_real_processes(data_folders, tmp_path):
     assert (tmp_path / "dry" / "resolved_config.yaml").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules after import of package:RuntimeWarning")  # runpy, harmless
 @pytest.mark.parametrize("module", sorted(module_commands()))
 def test_every_documented_module_answers_help(module, monkeypatch, capsys):
     """`python -m zerosr.<command> --help`, run in this process (torch is imported once)."""
