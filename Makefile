@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zerosr-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint docs clean
 
 setup: $(STAMP)
 
@@ -25,5 +25,9 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests bench train.py
 
+# The documentation site (docs/, mkdocs.yml) into site/; --strict makes a broken link or anchor an error.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) outputs/* multirun
+	rm -rf $(VENV) outputs/* multirun site

@@ -15,12 +15,6 @@ from zerosr.cli import exit_on_user_error, install_hydra_error_handler
 from zerosr.config.overrides import complete_overrides
 from zerosr.config.store import register
 
-# Before Hydra composes: probe the hardware, register resolvers, schemas and `hardware_tier/auto`;
-# complete the command line (a data.gt_path implies data=paired).
-exit_on_user_error(register)()
-sys.argv[1:] = exit_on_user_error(complete_overrides)(sys.argv[1:])
-install_hydra_error_handler()  # Hydra's config errors: one line, exit 2
-
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 @exit_on_user_error
@@ -30,5 +24,10 @@ def main(cfg: DictConfig) -> float:
     return run(cfg)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # not in DataLoader workers started by `spawn` (Windows), which import this file
+    # Before Hydra composes: probe the hardware, register resolvers, schemas and `hardware_tier/auto`;
+    # complete the command line (a data.gt_path implies data=paired).
+    exit_on_user_error(register)()
+    sys.argv[1:] = exit_on_user_error(complete_overrides)(sys.argv[1:])
+    install_hydra_error_handler()  # Hydra's config errors: one line, exit 2
     main()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,7 +99,7 @@ def prepare(workdir: Path, noise: float, quality: int) -> dict[str, Path]:
         hr = read_image_raw(path)
         hr = hr[: hr.shape[0] // SCALE * SCALE, : hr.shape[1] // SCALE * SCALE]
         if i % 20 < 14:
-            os.symlink(path, folders["train_hr"] / path.name)
+            shutil.copyfile(path, folders["train_hr"] / path.name)  # a symlink needs privileges on Windows
             (folders["train_lr"] / f"{path.stem}.jpg").write_bytes(degrade_real(hr, noise, quality, i).tobytes())
         elif i % 20 < 17:
             (folders["target"] / f"{path.stem}.jpg").write_bytes(degrade_real(hr, noise, quality, i).tobytes())
@@ -189,7 +190,8 @@ def main() -> None:
     started = time.perf_counter()
     workers, batch, lq_size = nano_defaults()
     hr_paths = sorted(HR_DIR.glob("*.png"))
-    report = {"cpu_count": os.cpu_count(), "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # POSIX only
+    report = {"cpu_count": os.cpu_count(), "load_average_1min_at_start": load,
               "tier_workers": workers, "pipeline": pipeline_speed(hr_paths, batch, lq_size),
               "data_wait": [data_wait(hr_paths, n, batch, lq_size) for n in (workers, workers + 1)]}
     def write(calibration: dict) -> None:

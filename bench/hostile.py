@@ -114,7 +114,7 @@ def summarise(results: dict, args, started: float) -> dict:
         report[f"{mode}_survived"] = {"count": len(survived), "of": len(done), "failed": failed,
                                       "failed_with_warning": [c for c in failed if results[c][mode]["warnings"]]}
     report["seconds"] = round(time.perf_counter() - started, 1)
-    report["load_average_1min"] = round(os.getloadavg()[0], 2)
+    report["load_average_1min"] = (round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None)
     return report
 
 

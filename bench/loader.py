@@ -151,7 +151,7 @@ def main() -> None:
             "hr_shape_first": list(first.shape),
             "cpu_count": os.cpu_count(),
             # Other processes on the machine skew every number below; compare with cpu_count.
-            "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+            "load_average_1min_at_start": (round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None),
             "torch_threads": torch.get_num_threads(),
             "versions": {"opencv": cv2.__version__, "pillow": Image.__version__, "torch": torch.__version__},
             "decode_ms_per_image": {"png": decode_ms_per_image(png_files),

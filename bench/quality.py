@@ -202,7 +202,7 @@ def main() -> None:
     report = budget_mode(args) if args.iters is None else length_mode(args)
     report.update({"data": "../shared/data/bsd100_x2", "arch": "paragonsr2_nano", "n_val": args.n_val,
                    "cpu_count": os.cpu_count(), "bench_s": round(time.perf_counter() - began, 1),
-                   "load_average_1min_at_end": round(os.getloadavg()[0], 2)})
+                   "load_average_1min_at_end": (round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None)})
     print(json.dumps(report, indent=2))
 
 

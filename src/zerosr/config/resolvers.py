@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from zerosr.config import derive
-from zerosr.detect import loader_workers, precision_for, probe
+from zerosr.detect import compile_for, loader_workers, precision_for, probe
 
 
 def job_dir(num, overrides: str = "", limit: int = 120) -> str:
@@ -40,6 +40,7 @@ _RULES = {
     "analysis_batches": derive.analysis_batches,
     # Facts of this machine (the probe is cached, so these cost nothing after the first call).
     "precision": lambda no_gpu_default: precision_for(probe(), no_gpu_default),
+    "compile": lambda wanted: compile_for(bool(wanted)),
     "loader_workers": lambda cap, share=0.5, data="": loader_workers(probe(), int(cap), float(share), str(data)),
 }
 

@@ -185,3 +185,4 @@ class ZeroSRConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # the run
     debug: DebugConfig = field(default_factory=DebugConfig)  # fault injection for tests and demos
     set_by_user: list[str] | None = None  # the keys the user set, recorded in the configs zerosr writes
+    logger: Any = "tensorboard"  # tensorboard | wandb | [tensorboard, wandb]: W&B beside TensorBoard

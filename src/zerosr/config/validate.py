@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from zerosr.config.targets import check_loader, check_targets
 from zerosr.degradation_settings import DegradationSettings
 from zerosr.errors import UserError
+from zerosr.report.wandb_log import LOGGERS, logger_names
 
 SCALES = (2, 3, 4, 8)
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -56,6 +57,9 @@ def validate(cfg: DictConfig) -> None:
         raise UserError("data.val_lq_path is set without data.val_gt_path: give both validation folders")
     check_targets(cfg)
     _validate_realistic(cfg.data)
+    unknown = [name for name in logger_names(cfg.logger) if name not in LOGGERS]
+    _require(not unknown, f"logger={unknown[0] if unknown else ''} is not a logger: use one of {', '.join(LOGGERS)}, "
+             "or a list such as logger=[tensorboard,wandb]")
 
 
 def check_known_keys(cfg: DictConfig) -> None:

@@ -163,7 +163,7 @@ def _paths(root: Path) -> dict[str, Path]:
 
 def _read_manifest(root: Path) -> dict | None:
     try:
-        return json.loads((root / _MANIFEST).read_text())
+        return json.loads((root / _MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except json.JSONDecodeError:
@@ -193,7 +193,7 @@ def ensure_demo_dataset(
         _write_split(staging / "train", range(seed * 10_000, seed * 10_000 + n_train), size, scale)
         val_start = seed * 10_000 + 5_000
         _write_split(staging / "val", range(val_start, val_start + n_val), size, scale)
-        (staging / _MANIFEST).write_text(json.dumps(wanted, indent=2))
+        (staging / _MANIFEST).write_text(json.dumps(wanted, indent=2), encoding="utf-8")
         try:
             staging.rename(root)
         except OSError:

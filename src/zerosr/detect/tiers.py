@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from zerosr.detect.hardware import Hardware
 
 TIERS = ("cpu", "budget", "mid_range", "high_end", "workstation")
@@ -61,3 +63,16 @@ def generation(capability: tuple[int, int] | None) -> str:
              (7, 5): "Turing", (8, 0): "Ampere", (8, 6): "Ampere", (8, 7): "Ampere",
              (8, 9): "Ada Lovelace", (9,): "Hopper", (10,): "Blackwell", (12,): "Blackwell"}
     return names.get(capability) or names.get((capability[0],), f"compute {capability[0]}.{capability[1]}")
+
+
+# torch.compile's GPU backend (Inductor) writes Triton kernels, and Triton has no Windows build.
+COMPILE_OFF_ON_WINDOWS = "off on Windows: torch.compile needs Triton, which has no Windows build (hardware_tier.compile=true to try)"
+
+
+def on_windows() -> bool:
+    return sys.platform == "win32"
+
+
+def compile_for(wanted: bool) -> bool:
+    """The tier's torch.compile, unless this is Windows (see COMPILE_OFF_ON_WINDOWS)."""
+    return bool(wanted) and not on_windows()

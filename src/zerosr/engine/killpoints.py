@@ -44,4 +44,4 @@ def arm(entries: Iterable[str]) -> None:
 def kill_point(point: str, iteration: int) -> None:
     """SIGKILL the process if `point:iteration` is armed: no cleanup, no flush, like `kill -9`."""
     if _armed and (point, int(iteration)) in _armed:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows: SIGTERM is TerminateProcess

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zerosr import archs
 from zerosr.automations import build_automations
@@ -39,6 +39,7 @@ from zerosr.errors import UserError
 from zerosr.report.logs import RunLogger
 from zerosr.report.progress import Progress
 from zerosr.report.summary import RunOutcome
+from zerosr.report.wandb_log import logger_names
 
 
 def seed_everything(seed: int, deterministic: bool, gpu: bool = False) -> None:
@@ -75,7 +76,8 @@ class Trainer:
                                    self.run_dir / "visualization", free_memory=accelerator.free_cache,
                                    inject_oom=lambda: self.learner.injection.fire("validation"),
                                    host=accelerator.host)
-        self.logger = RunLogger(self.run_dir, enabled=distributed.is_main())  # rank 0 writes the logs
+        self.logger = RunLogger(self.run_dir, enabled=distributed.is_main(),  # rank 0 writes the logs
+                                wandb="wandb" in logger_names(cfg.logger))
         gan = self.learner.objective.gan
         self.suite = build_automations(
             cfg.automation, base_lr=float(train.lr) * float(train.lr_scale), total_iter=train.total_iter,
@@ -193,6 +195,14 @@ class Trainer:
             if distributed.is_main():
                 self._adopt_best_weights(path.parent.parent)
         return path
+
+    def start_logs(self, resumed: Path | None) -> None:
+        """Loggers that need the run's name, its config and, resumed, the run directory it continues
+        (W&B continues that run): opened before any log line, their line on the start-up screen."""
+        line = self.logger.start(self.cfg.name, OmegaConf.to_container(self.cfg, resolve=True),
+                                 resumed.parent.parent if resumed is not None else None)
+        if line:
+            print(line, flush=True)
 
     def _adopt_best_weights(self, source_run: Path) -> None:
         """Resuming into a new directory: the best weights so far come along, so `best` stays true."""
@@ -358,6 +368,7 @@ class Trainer:
         metrics = distributed.on_main(lambda: self.validator(learner.ema.module, self.iteration, learner.channels_last))
         metrics["time/elapsed_s"] = time.time() - self.process_started
         self.logger.log_validation(self.iteration, metrics)
+        self.logger.log_images(self.iteration, sorted((self.validator.out_dir / f"{self.iteration:08d}").glob("*_compare.png")))
         self.last_val = metrics
         self.record(self.suite.on_validation(self.iteration, metrics))
         self.stopped_early = bool(self.suite.early_stop.should_stop)

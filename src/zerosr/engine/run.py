@@ -91,7 +91,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     resumed = trainer.resume_if_asked()
     if resumed is not None:
         print(f"resumed      from {resumed} at iteration {trainer.iteration}", flush=True)
-    else:
+    trainer.start_logs(resumed)
+    if resumed is None:
         start_up(trainer)
     trainer.learner.compile()  # after the search: one trace, for the shape it chose
     train_cfg = cfg.train

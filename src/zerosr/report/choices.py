@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from zerosr.detect import Hardware, generation, tier_for
+from zerosr.detect import COMPILE_OFF_ON_WINDOWS, Hardware, generation, on_windows, tier_for
 from zerosr.losses import is_adversarial
 
 
@@ -47,6 +47,8 @@ def describe_choices(cfg: DictConfig, hardware: Hardware, user_set: Iterable[str
         f"dataset      {cfg.data.name}" + (f": {cfg.data.gt_path} / {cfg.data.lq_path or 'bicubic LR'}"
                                          if cfg.data.gt_path else ""),
     ]
+    if on_windows() and hardware.has_gpu and not tier.compile and "hardware_tier.compile" not in user_set:
+        lines.append(f"compile      {COMPILE_OFF_ON_WINDOWS}")
     lines += _automation_lines(auto)
     lines += _gan_line(cfg, user_set)
     shown = _user_values(cfg, user_set)

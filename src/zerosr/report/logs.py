@@ -1,4 +1,5 @@
-"""Run logs: RUN/metrics.jsonl, RUN/automation.jsonl and TensorBoard scalars in RUN/tb.
+"""Run logs: RUN/metrics.jsonl, RUN/automation.jsonl and TensorBoard scalars in RUN/tb; with
+`logger=wandb` the same to Weights & Biases (`zerosr.report.wandb_log`).
 
 Each JSON line is written with a single write and flushed at once, so a `kill -9` loses at most
 the line being written; `read_jsonl` skips such a cut-off last line. No fsync per line: that
@@ -25,12 +26,33 @@ TENSORBOARD_DIR = "tb"
 class RunLogger:
     """Appends metrics and automation decisions to a run directory. Disabled: writes nothing."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, wandb: bool = False):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.tensorboard = tensorboard
+        self.wants_wandb = wandb and enabled
         self._files: dict[str, IO[str]] = {}
         self._writer = None  # SummaryWriter, created on first use: importing it takes ~1 s
+        self._wandb = None  # WandbRun, opened by start()
+
+    def start(self, name: str, config: dict, continue_from: Path | None = None) -> str | None:
+        """Open the loggers that need the run's name and config; the screen line saying where W&B
+        logs (or, as a warning, why it does not). `continue_from`: the run directory a resumed
+        state came from, whose W&B run this one continues."""
+        if not self.wants_wandb:
+            return None
+        from zerosr.report.wandb_log import WandbRun
+
+        opened = WandbRun.open(self.run_dir, name, config, continue_from)
+        if isinstance(opened, str):
+            return f"warning      {opened}"
+        self._wandb = opened
+        return f"wandb        run {opened.id}: {opened.where}"
+
+    def log_images(self, iteration: int, paths: list[Path]) -> None:
+        """A validation's comparison images (bicubic | SR | HR): to W&B (they are on disk already)."""
+        if self._wandb is not None and paths:
+            self._wandb.images(iteration, paths)
 
     def log_step(self, iteration: int, values: dict[str, Any]) -> None:
         """One training step: `{"iter": iteration, **values}` to metrics.jsonl, scalars to TB."""
@@ -49,9 +71,11 @@ class RunLogger:
         change_lists = {what: [_plain(old), _plain(new)] for what, (old, new) in change.items()}
         record = {"iter": int(iteration), "automation": automation, "change": change_lists, "reason": reason}
         self._append(AUTOMATION_FILE, record)
-        for what, (_old, new) in change_lists.items():
-            if _is_number(new):
-                self._scalar(f"automation/{automation}/{what}", new, iteration)
+        numbers = {f"automation/{automation}/{what}": new for what, (_old, new) in change_lists.items() if _is_number(new)}
+        for tag, value in numbers.items():
+            self._scalar(tag, value, iteration)
+        if self._wandb is not None:
+            self._wandb.log(iteration, numbers)
 
     def close(self) -> None:
         for f in self._files.values():
@@ -60,6 +84,11 @@ class RunLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._wandb is not None:  # every decision of this run directory, with its reason, as one table
+            decisions = self.run_dir / AUTOMATION_FILE
+            self._wandb.decisions_table(read_jsonl(decisions) if decisions.exists() else [])
+            self._wandb.finish()
+            self._wandb = None
 
     def __enter__(self) -> RunLogger:
         return self
@@ -77,6 +106,8 @@ class RunLogger:
         for key, value in plain.items():
             if _is_number(value):
                 self._scalar(key, value, iteration)
+        if self._wandb is not None:
+            self._wandb.log(iteration, plain)
 
     def _append(self, name: str, record: dict) -> None:
         try:
