@@ -142,7 +142,7 @@ def test_a_custom_network_trains_end_to_end_above_bicubic_and_is_rebuilt_from_it
     assert isinstance(model, TinyNet) and model.scale == 2
 
     # Cached: a second start measures nothing; train.pretrain rebuilds from the file.
-    again = train_py(tmp_path / "again", cache, *custom(data, "train.total_iter=4", f"train.pretrain={best}",
+    again = train_py(tmp_path / "again", cache, *custom(data, "train.total_iter=4", "train.lq_size=24", f"train.pretrain={best}",
                                                          "automation.batch.enabled=false"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "cached by the range-test rule" in again.stdout

@@ -62,8 +62,9 @@ def cache_key(cfg: DictConfig) -> str:
 
 def settle_preset_lr(cfg: DictConfig) -> Decision | None:
     """Fill in `arch.preset.lr` (and `train.lr` where it follows the preset) of a resolved config
-    whose preset LR is still to be measured; returns the decision to record, None if none was due."""
-    if cfg.arch.preset.lr is not None:
+    whose preset LR is still to be measured; returns the decision to record, None if none was due
+    (a preset LR or a train.lr given by the user: nothing to measure)."""
+    if cfg.arch.preset.lr is not None or cfg.train.lr is not None:
         return None
     measured = measure(cfg)
     with open_dict(cfg):
