@@ -38,12 +38,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from zerosr import archs
 from zerosr.archs import paragonsr2_gen2 as gen2
-from zerosr.archs.paragonsr2_gen2 import VARIANTS, ParagonSR2Gen2, build_variant, recognise
+from zerosr.archs.paragonsr2_gen2 import ParagonSR2Gen2
 
 FIXTURES = Path(__file__).parent / "fixtures" / "archs"
 SCALES = (2, 3, 4, 8)
-NAMES = list(VARIANTS)
+NAMES = ["paragonsr2_realtime", "paragonsr2_stream", "paragonsr2_photo", "paragonsr2_pro"]
 INPUT_SIZES = {2: (20, 35), 3: (18, 17), 4: (17, 12), 8: (7, 9)}  # LR (height, width)
 GRAD_SAMPLES = 16
 
@@ -115,7 +116,7 @@ def reference_keys(name: str, scale: int) -> list[tuple[str, tuple[int, ...]]]:
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_keys_shapes_and_parameter_count_equal_the_reference(name, scale):
     with torch.device("meta"):
-        model = build_variant(name, scale)
+        model = archs.build(name, scale)
     ours = [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
     assert ours == reference_keys(name, scale)  # same names, same order, same shapes
     count = sum(p.numel() for p in model.parameters())
@@ -127,7 +128,7 @@ def test_state_dict_keys_shapes_and_parameter_count_equal_the_reference(name, sc
 @pytest.mark.parametrize("name", ["paragonsr2_photo", "paragonsr2_pro"])
 def test_export_safe_keys_equal_the_reference(name):
     with torch.device("meta"):
-        model = build_variant(name, 2, export_safe=True)
+        model = archs.build(name, 2, export_safe=True)
     assert [[k, list(v.shape)] for k, v in model.state_dict().items()] == reference_table()[name]["keys_export_safe_x2"]
     assert not model.has_attention and model.tile_alignment == 1
 
@@ -136,7 +137,7 @@ def test_seeded_build_draws_the_reference_initial_weights():
     for name in NAMES:
         tensors = fixture(name)
         torch.manual_seed(0)
-        model = build_variant(name, 4)
+        model = archs.build(name, 4)
         moments = [torch.stack([value.double().sum(), value.double().square().sum()]) for value in model.state_dict().values()]
         assert torch.allclose(torch.stack(moments), tensors["init"], rtol=1e-9, atol=1e-12), name
 
@@ -150,7 +151,7 @@ def test_seeded_build_draws_the_reference_initial_weights():
 def test_outputs_equal_the_reference_at_every_scale(name):
     tensors = fixture(name)
     for scale in SCALES:
-        model = with_fixture_weights(build_variant(name, scale)).eval()
+        model = with_fixture_weights(archs.build(name, scale)).eval()
         for key, value in model.state_dict().items():
             if key.startswith("base."):
                 assert torch.equal(value, tensors[f"weight.{key}"]), key
@@ -166,7 +167,7 @@ def test_outputs_equal_the_reference_at_every_scale(name):
 @pytest.mark.parametrize("name", ["paragonsr2_photo", "paragonsr2_pro"])
 def test_export_safe_outputs_equal_the_reference(name):
     tensors = fixture(name)
-    model = with_fixture_weights(build_variant(name, 2, export_safe=True)).eval()
+    model = with_fixture_weights(archs.build(name, 2, export_safe=True)).eval()
     with torch.no_grad():
         out = model(tensors["input.x2"])
     assert (out - tensors["output.export_safe.x2"]).abs().max().item() <= 1e-5
@@ -193,7 +194,7 @@ def _signature(grad: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("name", NAMES)
 def test_training_gradients_equal_the_reference(name):
     tensors = fixture(name)
-    grads = _gradients(with_fixture_weights(build_variant(name, 2)), tensors)
+    grads = _gradients(with_fixture_weights(archs.build(name, 2)), tensors)
     assert len(grads) == len(tensors["grad"])  # the same parameters train (the base path is frozen)
     for (key, grad), reference in zip(grads.items(), tensors["grad"]):
         tolerance = 1e-4 * max(reference[0].item(), 1e-3)
@@ -204,8 +205,8 @@ def test_training_gradients_equal_the_reference(name):
 def test_gradient_checkpointing_gives_the_same_gradients(name):
     tensors = fixture(name)
     small = {"num_groups": 2, "num_blocks": 2}  # the recomputation is per block, as in every variant
-    plain = _gradients(with_fixture_weights(build_variant(name, 2, **small)), tensors)
-    model = with_fixture_weights(build_variant(name, 2, use_checkpointing=True, **small))
+    plain = _gradients(with_fixture_weights(archs.build(name, 2, **small)), tensors)
+    model = with_fixture_weights(archs.build(name, 2, use_checkpointing=True, **small))
     calls = []
     model.body[0].blocks[0].register_forward_pre_hook(lambda *_: calls.append(torch.is_grad_enabled()))
     recomputed = _gradients(model, tensors)
@@ -215,7 +216,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(name):
 
 
 def small_photo(**overrides) -> ParagonSR2Gen2:
-    params = {**VARIANTS["paragonsr2_photo"], "num_groups": 1, "num_blocks": 2, "num_feat": 16, **overrides}
+    params = {**archs.variant("paragonsr2_photo").params, "num_groups": 1, "num_blocks": 2, "num_feat": 16, **overrides}
     torch.manual_seed(1)
     model = ParagonSR2Gen2(scale=2, **params)
     with torch.no_grad():
@@ -250,45 +251,55 @@ def test_video_blending_mixes_previous_features_into_the_body():
 # --------------------------------------------------------------------------------------------
 
 
+def test_the_options_are_the_reference_factories():
+    assert [name for name, v in archs.variants().items() if v.family == gen2.FAMILY.name] == NAMES  # by run length
+    for name in NAMES:
+        params = archs.variant(name).params
+        assert params["variant"] == name.removeprefix("paragonsr2_")
+        assert (params["attention_mode"], params["export_safe"]) == ("sdpa", False)
+
+
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("name", NAMES)
-def test_recognise_reads_variant_and_scale_from_a_bare_state_dict(name, scale):
+def test_weights_are_recognised_from_a_bare_state_dict(name, scale):
     with torch.device("meta"):
-        state = build_variant(name, scale).state_dict()
-    assert recognise(state) == (name, scale, VARIANTS[name])
+        state = archs.build(name, scale).state_dict()
+    assert archs.infer(state) == (name, scale, {})
 
 
-def test_recognise_unwraps_trainner_checkpoints_and_wrapper_prefixes():
-    state = build_variant("paragonsr2_stream", 3).state_dict()
-    prefixed = {f"module.{key}": value for key, value in state.items()}
-    for checkpoint in ({"params_ema": state, "params": {}}, {"params": prefixed}, {f"_orig_mod.{k}": v for k, v in state.items()}):
-        assert recognise(checkpoint) == ("paragonsr2_stream", 3, VARIANTS["paragonsr2_stream"])
+def test_trainner_checkpoints_load_with_variant_scale_and_options(tmp_path):
+    model = archs.build("paragonsr2_photo", 3, export_safe=True).eval()
+    state = {f"module.{key}": value for key, value in model.state_dict().items()}
+    path = tmp_path / "net_g_ema.pth"
+    torch.save({"params": {}, "params_ema": state}, path)
+    weights = archs.read_weights(path)
+    assert (weights.name, weights.scale) == ("paragonsr2_photo", 3)
+    assert weights.params == {**archs.variant("paragonsr2_photo").params, "export_safe": True}
+    loaded = archs.load(path)
+    lr = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():
+        assert torch.equal(loaded(lr), model(lr))
+    torch.save(model.state_dict(), path)  # bare, as traiNNer's `params` alone or other trainers
+    assert archs.read_weights(path).name == "paragonsr2_photo"
 
 
-def test_recognise_reads_structural_options():
+def test_recognise_reads_width_depth_and_channels():
     with torch.device("meta"):
-        safe = build_variant("paragonsr2_photo", 4, export_safe=True).state_dict()
         custom = ParagonSR2Gen2(scale=2, in_chans=1, num_feat=24, num_groups=2, num_blocks=5, variant="pro").state_dict()
-    assert recognise(safe) == ("paragonsr2_photo", 4, {**VARIANTS["paragonsr2_photo"], "export_safe": True})
-    name, scale, params = recognise(custom)
+    name, scale, overrides = archs.infer(custom)
     assert (name, scale) == ("paragonsr2_pro", 2)
-    assert {k: params[k] for k in ("in_chans", "num_feat", "num_groups", "num_blocks")} == {
-        "in_chans": 1, "num_feat": 24, "num_groups": 2, "num_blocks": 5
-    }
-    assert ParagonSR2Gen2(scale=scale, **params).state_dict().keys() == custom.keys()
+    assert overrides == {"in_chans": 1, "num_feat": 24, "num_groups": 2, "num_blocks": 5}
 
 
-def test_recognise_refuses_other_networks_and_damaged_weights():
-    from zerosr.archs import build
-
+def test_other_networks_and_damaged_weights_are_not_taken_for_this_generation():
     with torch.device("meta"):
-        older = build("paragonsr2_nano", 2).state_dict()
-        state = build_variant("paragonsr2_realtime", 2).state_dict()
-    assert recognise(older) is None
-    assert recognise({}) is None
-    assert recognise({k: v for k, v in state.items() if k != "conv_mid.bias"}) is None  # missing tensor
-    resized = dict(state, **{"conv_mid.weight": torch.empty(16, 16, 5, 5, device="meta")})
-    assert recognise(resized) is None
+        older = archs.build("paragonsr2_nano", 2).state_dict()
+        state = archs.build("paragonsr2_realtime", 2).state_dict()
+    table = {name: archs.variant(name).params for name in NAMES}
+    assert gen2.recognise(older, table) is None
+    assert archs.infer(older)[0] == "paragonsr2_nano"
+    assert archs.infer({k: v for k, v in state.items() if k != "conv_mid.bias"}) is None  # a tensor missing
+    assert archs.infer(dict(state, **{"conv_mid.weight": torch.empty(16, 16, 5, 5, device="meta")})) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,19 +309,43 @@ def test_recognise_refuses_other_networks_and_damaged_weights():
 
 def test_onnx_export_keeps_attention_and_dynamic_sizes(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    model = small_photo()
-    path = tmp_path / "photo.onnx"
-    dynamic = {0: "batch", 2: "height", 3: "width"}
-    with torch.no_grad():
-        torch.onnx.export(
-            model, (torch.rand(1, 3, 20, 18),), str(path), dynamo=False, input_names=["input"], output_names=["output"],
-            dynamic_axes={"input": dynamic, "output": dynamic}, opset_version=17,
-        )
+    from zerosr.export import export_onnx
+
+    model = archs.spec.mark(small_photo(), "paragonsr2_photo", gen2.FAMILY.name, 2, {})
+    path = export_onnx(model, tmp_path / "photo.onnx", opset=gen2.FAMILY.onnx_min_opset)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for shape in [(1, 3, 20, 18), (2, 3, 33, 16), (1, 3, 9, 40)]:  # other paddings than the traced one
+    for shape in [(1, 3, 20, 18), (2, 3, 33, 16), (1, 3, 9, 40)]:  # paddings other than the traced one
         lr = torch.rand(*shape)
         with torch.no_grad():
             expected = model(lr).numpy()
         (got,) = session.run(None, {"input": lr.numpy()})
         assert got.shape == expected.shape
         assert abs(got - expected).max() <= 1e-4, shape
+
+
+@pytest.mark.parametrize("name", ["paragonsr2_realtime", "paragonsr2_stream"])
+def test_tiles_equal_the_whole_image_within_the_receptive_field(name):
+    from zerosr.engine.tiling import tile_geometry, tiled_forward
+
+    model = with_fixture_weights(archs.build(name, 2)).eval()
+    context = archs.spec.tiling(model).context
+    lr = torch.rand(1, 3, 2 * context + 30, 2 * context + 23)
+    with torch.no_grad():
+        whole = model(lr)
+        tiled = tiled_forward(model, lr, 2, tile=2 * context + 8, overlap=0)
+        assert tile_geometry(model, 2 * context + 8, 0)[1] == context  # the family's context is used
+        assert (tiled - whole).abs().max().item() <= 1e-5
+
+
+def test_attention_tiles_sit_on_the_window_grid():
+    from zerosr.engine.tiling import tile_geometry, tiled_forward
+
+    model = archs.spec.mark(small_photo(), "paragonsr2_photo", gen2.FAMILY.name, 2, {})
+    needs = archs.spec.tiling(model)
+    assert (needs.grid, needs.context) == (16, 32)
+    tile, overlap, align = tile_geometry(model, 90, 8)
+    assert (tile % 16, overlap, align) == (0, 32, 16)
+    lr = torch.rand(1, 3, 100, 90)
+    with torch.no_grad():
+        difference = (tiled_forward(model, lr, 2, tile=80, overlap=0) - model(lr)).abs().max().item()
+    assert difference <= 1e-3  # attention reaches the whole map: close, not equal

@@ -34,33 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-# Hyper-parameters of each factory of the reference (its defaults). Plain JSON values, so they
-# can go into a config or a weights file unchanged; the scale is chosen per run.
+from .spec import Family, Recognised, Tiling
+
 BLOCK_TYPES = ("realtime", "stream", "photo", "pro")
-
-
-def _variant(num_feat: int, num_groups: int, num_blocks: int, block: str, detail_gain: float, alpha: float, window: int) -> dict:
-    return {
-        "num_feat": num_feat,
-        "num_groups": num_groups,
-        "num_blocks": num_blocks,
-        "variant": block,
-        "detail_gain": detail_gain,
-        "upsampler_alpha": alpha,
-        "attention_mode": "sdpa",
-        "export_safe": False,
-        "window_size": window,
-    }
-
-
-# realtime and stream have no attention; their window size is the constructor's default, unused.
-VARIANTS: dict[str, dict] = {
-    "paragonsr2_realtime": _variant(16, 1, 3, "realtime", 0.05, 0.3, 8),
-    "paragonsr2_stream": _variant(32, 2, 3, "stream", 0.1, 0.0, 8),
-    "paragonsr2_photo": _variant(64, 4, 4, "photo", 0.1, 0.4, 16),
-    "paragonsr2_pro": _variant(64, 6, 6, "pro", 0.1, 0.4, 16),
-}
-
+SCALES = (2, 3, 4, 8)
 ATTENTION_MODES = ("sdpa", "flex", None)
 
 
@@ -507,11 +484,6 @@ class ParagonSR2Gen2(nn.Module):
         return (out, tapped) if feature_tap else out
 
 
-def build_variant(name: str, scale: int, **overrides) -> ParagonSR2Gen2:
-    """The reference factory `name` (e.g. "paragonsr2_photo") at `scale`, with its defaults."""
-    return ParagonSR2Gen2(scale=scale, **{**VARIANTS[name], **overrides})
-
-
 # --------------------------------------------------------------------------------------------
 # Recognising a state dict of this generation
 # --------------------------------------------------------------------------------------------
@@ -525,53 +497,59 @@ _BLOCK_MARKERS = {
 }
 
 
-def recognise(state: dict[str, torch.Tensor]) -> tuple[str, int, dict] | None:
-    """(variant name, scale, hyper-parameters) of the network these weights exactly fit, else None.
+def recognise(state: dict[str, torch.Tensor], variants: dict[str, dict]) -> Recognised | None:
+    """The option (`paragonsr2_<block type>`), scale and hyper-parameters these weights fit.
 
-    Accepts a bare state dict or a traiNNer checkpoint (`params_ema`, then `params`); `module.`
-    and `_orig_mod.` prefixes are ignored. Width, depth, channels, scale and whether attention is
-    present are read from the tensors; the rest (alpha, window size, gain at start) are not
-    stored in weights and keep the factory's defaults.
+    `state` is a bare state dict (traiNNer's `params_ema` / `params` already unwrapped, wrapper
+    prefixes stripped). Block type, width, depth, channels, scale and whether attention is
+    present are read from the tensors; what weights do not store (sharpening alpha, window size)
+    keeps the option's values. `archs.io` accepts the answer only if every key and shape agrees.
     """
-    for wrapper in ("params_ema", "params"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
-    state = {_strip(key): value for key, value in state.items() if isinstance(value, torch.Tensor)}
     conv_in, up = state.get("conv_in.weight"), state.get("up.0.weight")
     if conv_in is None or up is None or conv_in.dim() != 4 or up.dim() != 4 or "detail_gain" not in state:
         return None
     block = next((kind for kind, key in _BLOCK_MARKERS.items() if key in state), None)
-    if block is None:
+    option = f"paragonsr2_{block}"
+    if option not in variants:
         return None
     num_feat, in_chans = int(conv_in.shape[0]), int(conv_in.shape[1])
     ratio, rest = divmod(int(up.shape[0]), num_feat)
     scale = round(ratio**0.5)
-    if rest or scale < 1 or scale * scale != ratio:
+    if rest or scale not in SCALES or scale * scale != ratio:
         return None
-    name = f"paragonsr2_{block}"
-    groups = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("body."))
-    blocks = 1 + max(int(key.split(".")[3]) for key in state if key.startswith("body.0.blocks."))
-    found = {"num_feat": num_feat, "num_groups": groups, "num_blocks": blocks}
+    found = {
+        "num_feat": num_feat,
+        "num_groups": 1 + max(int(key.split(".")[1]) for key in state if key.startswith("body.")),
+        "num_blocks": 1 + max(int(key.split(".")[3]) for key in state if key.startswith("body.0.blocks.")),
+    }
     if in_chans != 3:
         found["in_chans"] = in_chans
     if block in ("photo", "pro"):
         attention = "body.0.blocks.0.attn.qkv.weight" if block == "photo" else "body.0.blocks.0.window_attn.qkv.weight"
         found["export_safe"] = attention not in state
-    params = {**VARIANTS[name], **found}
-    if _shapes(name, scale, tuple(sorted(params.items()))) != {key: tuple(value.shape) for key, value in state.items()}:
-        return None
-    return name, scale, params
+    return Recognised(option, scale, {**variants[option], **found})
 
 
-def _strip(key: str) -> str:
-    while key.startswith(("module.", "_orig_mod.")):
-        key = key.partition(".")[2]
-    return key
+def _context(model: ParagonSR2Gen2) -> Tiling:
+    """What tiles need. realtime and stream: their receptive field in LR pixels (conv_in, conv_mid,
+    up and conv_out 1 each, the base path 4; a NanoBlock 1, a StreamBlock 4), so tiles equal the
+    whole image. With window attention the field is the whole map (shifted windows pass
+    information on): two windows of context and tiles on the window grid keep the difference
+    small."""
+    if model.has_attention:
+        return Tiling(context=2 * model.window_size, grid=model.window_size)
+    depth = len(model.body) * len(model.body[0].blocks)
+    return Tiling(context=6 + depth * (4 if model.variant == "stream" else 1))
 
 
-@functools.lru_cache(maxsize=32)
-def _shapes(name: str, scale: int, params: tuple) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = ParagonSR2Gen2(scale=scale, **dict(params))
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+FAMILY = Family(
+    name="ParagonSR2-gen2",
+    network=ParagonSR2Gen2,
+    scales=SCALES,
+    recognise=recognise,
+    tiling=_context,
+    feature_width=lambda params: params["num_feat"],
+    onnx=True,
+    onnx_min_opset=12,
+    run_options=("use_checkpointing",),
+)
