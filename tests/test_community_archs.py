@@ -153,3 +153,17 @@ def test_span_trains_with_spandrels_gradients(norm):
             assert (ours[name] - exact[name]).abs().max() <= 2 * (reference - exact[name]).abs().max() + 1e-6 * scale, name
         else:
             assert (ours[name] - reference).abs().max().item() <= 1e-4 * scale, name
+
+
+def test_span_files_carry_the_trained_collapsed_kernel():
+    """A SPAN saved straight from training (never run in eval mode) still infers as trained
+    when a tool uses `eval_conv` as it is, without collapsing the branches itself."""
+    model = span.SPAN(2, feature_channels=8, norm=False).train()
+    torch.optim.SGD(model.parameters(), lr=0.1).zero_grad()
+    model(torch.rand(1, 3, 6, 6)).mean().backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    state = model.state_dict()
+    weight, bias = model.block_3.c2_r.collapsed()
+    assert torch.equal(state["block_3.c2_r.eval_conv.weight"], weight.detach())
+    assert torch.equal(state["block_3.c2_r.eval_conv.bias"], bias.detach())
+    assert not torch.equal(model.block_3.c2_r.eval_conv.weight, weight.detach())  # the module itself is untouched

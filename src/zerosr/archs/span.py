@@ -40,6 +40,7 @@ class RepConv3x3(nn.Module):
         )
         self.eval_conv = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.eval_conv.requires_grad_(False)
+        self.register_state_dict_post_hook(_save_collapsed)
 
     def collapsed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias of the one 3x3 convolution equal to both branches."""
@@ -60,6 +61,20 @@ class RepConv3x3(nn.Module):
         # Training also runs the collapsed kernel: the branches are linear, so this is the same
         # function of the same parameters (same gradients) at a quarter of the work.
         return F.conv2d(x, weight, bias, padding=1)
+
+
+def _save_collapsed(module: RepConv3x3, state: dict, prefix: str, local_metadata: dict) -> None:
+    """Saved weights always carry the current collapsed kernel in `eval_conv`, so a file is the
+    same whether or not the network last ran in eval mode (tools that read `eval_conv` directly
+    get the trained kernel)."""
+    if module.sk.weight.device.type == "meta":
+        return
+    with torch.no_grad():
+        weight, bias = module.collapsed()
+    for name, value in (("weight", weight), ("bias", bias)):
+        key = f"{prefix}eval_conv.{name}"
+        if key in state:
+            state[key] = value.detach().to(state[key].dtype)
 
 
 class AttentionBlock(nn.Module):
