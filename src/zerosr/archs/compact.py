@@ -13,11 +13,14 @@ from torch import nn
 
 from .layout import same_layout, seq_len, shuffle_scale
 
+SCALES: tuple[int, ...] = (2, 3, 4, 8)
+
 
 class Compact(nn.Module):
     def __init__(self, scale: int = 4, num_feat: int = 64, num_conv: int = 16, in_channels: int = 3, out_channels: int = 3) -> None:
         super().__init__()
         self.scale = scale
+        self.num_conv = num_conv
         layers: list[nn.Module] = [nn.Conv2d(in_channels, num_feat, 3, padding=1), nn.PReLU(num_feat)]
         for _ in range(num_conv):
             layers += [nn.Conv2d(num_feat, num_feat, 3, padding=1), nn.PReLU(num_feat)]

@@ -21,6 +21,8 @@ from torch import nn
 
 from .layout import same_layout, seq_len
 
+# x2 runs an x4 body on a pixel-unshuffled input; x3 has no form spandrel reads back.
+SCALES: tuple[int, ...] = (2, 4, 8)
 GROWTH = 32
 RESIDUAL_SCALE = 0.2
 SLOPE = 0.2
@@ -176,6 +178,6 @@ def recognise(state: dict[str, torch.Tensor]) -> tuple[int, dict] | None:
         "num_blocks": seq_len(state, "model.1.sub") - 1,
         "pixel_unshuffle": shuffle > 1 or scale > 2,
     }
-    if scale not in (2, 4, 8) or not same_layout(state, lambda: ESRGAN(scale, **params)):
+    if scale not in SCALES or not same_layout(state, lambda: ESRGAN(scale, **params)):
         return None
     return scale, params

@@ -40,9 +40,7 @@ def same_layout(state: Mapping[str, torch.Tensor], make: Callable[[], nn.Module]
     return expected == {key: tuple(value.shape) for key, value in state.items()}
 
 
-def variant_of(params: dict, variants: dict[str, dict]) -> str | None:
-    """The variant whose hyper-parameters are exactly `params`, else None (custom settings)."""
-    for name, defaults in variants.items():
-        if defaults == params:
-            return name
-    return None
+def option_for(params: dict, variants: dict[str, dict]) -> str:
+    """The variant whose hyper-parameters are exactly `params`; for custom settings, the variant
+    sharing the most of them (the file's own hyper-parameters still decide what is built)."""
+    return max(variants, key=lambda name: (variants[name] == params, sum(params.get(k) == v for k, v in variants[name].items())))

@@ -17,6 +17,7 @@ from torch.nn.init import trunc_normal_
 from .layout import same_layout, seq_len, shuffle_scale
 
 INIT_STD = 0.02
+SCALES: tuple[int, ...] = (2, 3, 4, 8)
 
 
 class ChannelLayerNorm(nn.Module):

@@ -24,6 +24,7 @@ from torch import nn
 from .layout import same_layout, shuffle_scale
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
+SCALES: tuple[int, ...] = (2, 3, 4, 8)
 NUM_BLOCKS = 6
 
 
