@@ -21,7 +21,9 @@ import types
 
 import torch
 
-from zerosr.archs import VARIANTS, build
+from zerosr.archs import build, family
+
+VARIANTS = family("ParagonSR2").variants
 
 
 def load_reference(path: str) -> types.ModuleType:

@@ -1,5 +1,5 @@
 """The yardstick for bench/compose_speed.py: a Hydra app over the same conf/ without zerosr's
-hardware probe and resolvers (the same schemas and arch options, the tier fixed to `cpu`)."""
+hardware probe and resolvers (the same schema and conf/arch options, the tier fixed to `cpu`)."""
 
 from pathlib import Path
 
@@ -7,15 +7,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from zerosr.archs.variants import VARIANTS
-from zerosr.config.presets import training_preset, variant_of
-from zerosr.config.schema import ArchConfig, ArchPreset, ZeroSRConfig
+from zerosr.config.schema import ZeroSRConfig
 
 store = ConfigStore.instance()
 store.store(name="zerosr_schema", node=ZeroSRConfig)
-for name, params in VARIANTS.items():
-    preset = ArchPreset(**training_preset(variant_of(name)))
-    store.store(group="arch", name=name, node=ArchConfig(name=name, params=dict(params), preset=preset))
 store.store(group="hardware_tier", name="auto", node={"defaults": ["cpu"]})
 
 

@@ -1,11 +1,12 @@
-"""Per-variant LR range test on paired data: what zerosr's own LR finder picks for each ParagonSR2
-variant, beside the preset LR. Prints one JSON object (and rewrites `--out` after each variant).
+"""Per-variant LR range test on paired data: what zerosr's own LR finder picks for each arch option,
+beside the preset LR. Prints one JSON object (and rewrites `--out` after each variant).
 
-    python bench/lr_presets.py --data DIR [--variants nano s m l xl] [--batch 4] [--lq-size 24]
-                               [--steps 100] [--skip-first 0] [--seed 0] [--check-process nano] [--out FILE]
+    python bench/lr_presets.py --data DIR [--variants paragonsr2_nano paragonsr2_s ...] [--batch 4]
+                               [--lq-size 24] [--steps 100] [--skip-first 0] [--seed 0]
+                               [--check-process paragonsr2_nano] [--out FILE]
 
-DIR holds `hr/` and `lr/` (x2 pairs). Each variant's job is composed as
-`python train.py arch=paragonsr2_V data=paired data.gt_path=DIR/hr data.lq_path=DIR/lr
+DIR holds `hr/` and `lr/` (x2 pairs). Each option's job is composed as
+`python train.py arch=OPTION data=paired data.gt_path=DIR/hr data.lq_path=DIR/lr
 train.batch_size=B train.lq_size=P` would compose it on this machine; its `Trainer` is built
 (the same data, weights and optimizer as that run) and the range test runs as the run's
 `automation.lr.find=true` runs it (`zerosr.automations.lr.lr_range_test`, real steps on a side
@@ -15,7 +16,7 @@ so the curve is read here, in-process.
 Per variant: parameters, batch, patch, seconds, the steepest-descent LR of the smoothed curve
 (the finder's raw answer), the pick the run would adopt (within the finder's bounds around the
 preset), the LR of the lowest smoothed loss, the LR at which the test stopped for divergence, the
-preset LR, the curve (LR, smoothed loss) itself, and `from_nano_lr` (see `scale_from_nano`):
+preset LR, the curve (LR, smoothed loss) itself, and `from_anchor_lr` (see `scale_from_anchor`):
 the steepest-descent and lowest-loss LRs move 10x with the order of the batches (`--seed`) at
 small batches, the divergence LR falls steadily with size, so it is what carries over.
 
@@ -40,10 +41,11 @@ from pathlib import Path
 
 import torch
 
+from zerosr.archs.spec import anchor, variants
 from zerosr.automations.lr import FINDER_BOUNDS, exponential_lrs, lr_range_test
 from zerosr.bounds import clamp
 from zerosr.config.compose import compose_config
-from zerosr.config.presets import VARIANT_ORDER, training_preset
+from zerosr.config.presets import RULE_LR, training_preset
 from zerosr.engine.data import BatchStream
 from zerosr.engine.loop import Trainer
 
@@ -60,7 +62,7 @@ def sweep(skip_first: int, steps: int) -> dict:
 
 
 def overrides(variant: str, data: Path, batch: int, lq_size: int, seed: int) -> list[str]:
-    return [f"arch=paragonsr2_{variant}", "data=paired", f"data.gt_path={data / 'hr'}",
+    return [f"arch={variant}", "data=paired", f"data.gt_path={data / 'hr'}",
             f"data.lq_path={data / 'lr'}", f"train.batch_size={batch}", f"train.lq_size={lq_size}",
             f"train.seed={seed}"]
 
@@ -110,18 +112,20 @@ def measure(variant: str, data: Path, batch: int, lq_size: int, grid: dict, seed
     }
 
 
-def scale_from_nano(variants: dict) -> None:
-    """Add `from_nano_lr` to each variant: nano's preset (chosen by training) times the ratio of
-    divergence LRs (measured at one batch for all) times sqrt(batch hint / nano's), because a
-    preset applies at the variant's own tier batch (the square-root rule)."""
-    nano = variants.get("nano")
-    if not nano or not nano.get("divergence_lr"):
+def scale_from_anchor(measured: dict) -> None:
+    """Add `from_anchor_lr` to each option: the range-test rule's RULE_LR times the ratio of
+    divergence LRs to the anchor's (measured at one batch for all) times sqrt(batch hint / the
+    anchor's), because a preset applies at the option's own tier batch (the square-root rule).
+    One seed, not rounded: `zerosr.config.presets.lr_from_range_test` makes the preset from the
+    seeds' values."""
+    base = measured.get(anchor().option)
+    if not base or not base.get("divergence_lr"):
         return
-    hint = {v: training_preset(v)["batch_size"] for v in variants}
-    for variant, row in variants.items():
+    hint = {v: training_preset(v)["batch_size"] for v in measured}
+    for option, row in measured.items():
         if row.get("divergence_lr"):
-            row["from_nano_lr"] = _sig(nano["preset_lr"] * row["divergence_lr"] / nano["divergence_lr"]
-                                       * math.sqrt(hint[variant] / hint["nano"]))
+            row["from_anchor_lr"] = _sig(RULE_LR * row["divergence_lr"] / base["divergence_lr"]
+                                         * math.sqrt(hint[option] / hint[anchor().option]))
 
 
 def process_pick(variant: str, data: Path, batch: int, lq_size: int, seed: int) -> dict:
@@ -148,14 +152,15 @@ def process_pick(variant: str, data: Path, batch: int, lq_size: int, seed: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with hr/ and lr/ (x2 pairs)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANT_ORDER), choices=VARIANT_ORDER)
+    parser.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()),
+                        help="arch options; the anchor (preset.lr_anchor) is needed for from_anchor_lr")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lq-size", type=int, default=24)
     parser.add_argument("--steps", type=int, default=100, help="points of the LR sweep 1e-7..1 (the run's 100)")
     parser.add_argument("--skip-first", type=int, default=0,
                         help="leave out the sweep's first K points (below ~1e-5 no loss moves): same LRs, fewer steps")
     parser.add_argument("--seed", type=int, default=0, help="train.seed: the weights and the order of the batches")
-    parser.add_argument("--check-process", nargs="*", default=[], choices=VARIANT_ORDER)
+    parser.add_argument("--check-process", nargs="*", default=[], choices=list(variants()))
     parser.add_argument("--out", type=Path, help="also write the JSON here, after each variant")
     args = parser.parse_args()
     report = {"seed": args.seed, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -172,7 +177,7 @@ def main() -> None:
     grid = sweep(args.skip_first, args.steps)
     for variant in args.variants:
         report["variants"][variant] = measure(variant, args.data, args.batch, args.lq_size, grid, args.seed)
-        scale_from_nano(report["variants"])
+        scale_from_anchor(report["variants"])
         write()
     for variant in args.check_process:
         check = process_pick(variant, args.data, args.batch, args.lq_size, args.seed)

@@ -10,9 +10,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from zerosr.archs import VARIANTS, build, identify, load, load_state_dict_file, save
+from zerosr.archs import build, family, identify, load, load_state_dict_file, save
 from zerosr.archs.io import infer
 from zerosr.errors import UserError
+
+VARIANTS = {name: v.params for name, v in family("ParagonSR2").variants.items()}
 
 
 def make(name: str = "paragonsr2_nano", scale: int = 2, **overrides) -> torch.nn.Module:
@@ -47,7 +49,7 @@ def test_save_writes_metadata_and_load_rebuilds_from_the_file_alone(tmp_path):
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
     assert meta["architecture"] == "ParagonSR2"
-    assert meta["name"] == meta["variant"] == "paragonsr2_micro"
+    assert (meta["name"], meta["variant"]) == ("paragonsr2_micro", "micro")
     assert meta["scale"] == "3"
     assert json.loads(meta["params"]) == {**VARIANTS["paragonsr2_micro"], "use_norm": True}
     assert (meta["iteration"], meta["note"]) == ("1200", "demo")
@@ -76,7 +78,7 @@ def test_save_unwraps_data_parallel_and_compiled_models(tmp_path):
 
 
 def test_save_of_a_directly_built_network_recognises_its_variant(tmp_path):
-    from zerosr.archs import ParagonSR2
+    from zerosr.archs.paragonsr2 import ParagonSR2
 
     torch.manual_seed(0)
     net = ParagonSR2(scale=4, **VARIANTS["paragonsr2_tiny"])
@@ -196,10 +198,12 @@ def test_missing_corrupt_and_foreign_files_are_refused(tmp_path):
     assert "not a readable torch weights file" in one_line_error(lambda: load(garbage))
 
     other = tmp_path / "other.safetensors"
-    save_file({"w": torch.zeros(2)}, str(other), metadata={"architecture": "SPAN", "scale": "2"})
-    assert "holds a SPAN model, not ParagonSR2" in one_line_error(lambda: load(other))
+    save_file({"w": torch.zeros(2)}, str(other), metadata={"architecture": "FooNet", "scale": "2"})
+    assert "holds a FooNet model, which this zerosr cannot build: pass weights of ParagonSR2" in one_line_error(
+        lambda: load(other))
 
     unknown = tmp_path / "unknown.pth"
     torch.save({"conv.weight": torch.zeros(3, 3, 3, 3)}, unknown)
-    assert "cannot tell which ParagonSR2 variant" in one_line_error(lambda: load(unknown))
+    assert "cannot tell which network unknown.pth is for: zerosr recognises plain files of ParagonSR2" in one_line_error(
+        lambda: load(unknown))
     assert "does not fit paragonsr2_nano x2" in one_line_error(lambda: load(unknown, "paragonsr2_nano", 2))

@@ -8,6 +8,7 @@ gradients. The reference code itself is not part of this repository.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -17,11 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zerosr.archs import PARAMETERS, SCALES, VARIANTS, build
+from zerosr.archs import build, family
 from zerosr.archs.io import expected_shapes
-from zerosr.archs.paragonsr2 import LocalWindowAttention, ParagonSR2
+from zerosr.archs.paragonsr2 import SCALES, LocalWindowAttention, ParagonSR2
 from zerosr.errors import UserError
 
+VARIANTS = {name: v.params for name, v in family("ParagonSR2").variants.items()}
+PARAMETERS = tuple(name for name in inspect.signature(ParagonSR2.__init__).parameters if name not in ("self", "scale"))
 FIXTURES = Path(__file__).parent / "fixtures" / "archs"
 REFERENCE = json.loads((FIXTURES / "reference_keys.json").read_text())["variants"]
 REFERENCE_CASES = sorted(FIXTURES.glob("reference_*_x*.safetensors"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,9 +16,11 @@ import pytest
 import torch
 
 from zerosr import archs
+from zerosr.archs.spec import tiling as spec_tiling
 from zerosr.data import write_image
 from zerosr.data.datasets import PairedImageDataset
 from zerosr.data.io import encode_image, read_image_unchanged
+from zerosr.engine import tiling as tiling_module
 from zerosr.engine.tiling import tiled_forward
 from zerosr.engine.validation import Validator
 from zerosr.errors import UserError
@@ -83,11 +86,12 @@ def test_tile_alignment_and_whole_image_gain_are_what_make_tiles_agree():
     with torch.no_grad():
         whole = model(lq).clamp(0, 1)
         exact = (tiled_forward(model, lq, 2, 64, 8).clamp(0, 1) - whole).abs().max() * 255
+        needs = spec_tiling(model)  # what the family spec says tiling needs, one part left out at a time
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(type(model), "tile_alignment", property(lambda self: 1))
+            patch.setattr(tiling_module, "tiling", lambda net: dataclasses.replace(needs, grid=1))
             unaligned = (tiled_forward(model, lq, 2, 64, 8).clamp(0, 1) - whole).abs().max() * 255
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(type(model), "content_gain", None)  # every tile computes its own gain
+        with pytest.MonkeyPatch.context() as patch:  # every tile computes its own gain
+            patch.setattr(tiling_module, "tiling", lambda net: dataclasses.replace(needs, whole_image=None))
             own_gain = (tiled_forward(model, lq, 2, 64, 8).clamp(0, 1) - whole).abs().max() * 255
     assert exact < 0.25 and unaligned > 1 and own_gain > 1, (exact, unaligned, own_gain)
 

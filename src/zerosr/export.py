@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from zerosr.archs import load
+from zerosr.archs.spec import onnx_min_opset
 from zerosr.errors import UserError
 
 DEFAULT_OPSET = 17
-MIN_OPSET = 12  # the window grid is computed with int64 Min/Max, which opset 12 introduced
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, fp16: bool = False) -> Path:
@@ -30,8 +30,12 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, 
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a directory: give a file name such as {path / 'model.onnx'}")
-    if opset < MIN_OPSET:
-        raise UserError(f"opset {opset} is too old for this network: use {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
+    oldest = onnx_min_opset(model)
+    if oldest is None:
+        raise UserError(f"{getattr(model, 'arch_family', type(model).__name__)} networks do not export to ONNX: "
+                        "use the .safetensors weights with python -m zerosr.upscale")
+    if opset < oldest:
+        raise UserError(f"opset {opset} is too old for this network: use {oldest} or newer (default {DEFAULT_OPSET})")
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if fp16 else torch.float32
     model = model.to("cpu", dtype).eval()
@@ -63,13 +67,13 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m zerosr.export",
-        description="Export ParagonSR2 weights (.safetensors from zerosr, or traiNNer .pth) to ONNX.",
+        description="Export trained weights (.safetensors from zerosr, or another trainer's .pth) to ONNX.",
     )
-    parser.add_argument("weights", help="weights file: .safetensors written by zerosr, or a traiNNer .pth")
+    parser.add_argument("weights", help="weights file: .safetensors written by zerosr, or a traiNNer / neosr .pth")
     parser.add_argument("output", help="ONNX file to write, e.g. model.onnx")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--fp16", action="store_true", help="half-precision weights, input and output")
-    parser.add_argument("--name", help="variant, only needed for files that cannot be recognised")
+    parser.add_argument("--name", help="arch option, only needed for files that cannot be recognised")
     parser.add_argument("--scale", type=int, help="scale, only needed for files that cannot be recognised")
     args = parser.parse_args(argv)
     try:

@@ -12,12 +12,12 @@ from zerosr.detect import Hardware, generation, probe, tier_for
 class HardwareDetector:
     """The hardware API: the probe, the tier and the recommendations derived from them."""
 
-    def __init__(self, arch: str = "paragonsr2_nano"):
-        from zerosr.archs.variants import VARIANTS
-        from zerosr.errors import UserError
+    def __init__(self, arch: str | None = None):
+        """`arch`: a built-in arch option (`conf/arch/<arch>.yaml`); None: train.py's default."""
+        from zerosr.archs.spec import variant
 
-        if arch not in VARIANTS:
-            raise UserError(f"unknown architecture '{arch}': choose one of {', '.join(VARIANTS)}")
+        if arch is not None:
+            variant(arch)  # an unknown name is one line listing the known ones
         self.hardware: Hardware = probe()
         self.arch = arch
 
@@ -29,9 +29,9 @@ class HardwareDetector:
         """The values `train.py arch=<arch>` would use on this machine (composed, then resolved)."""
         from zerosr.config.compose import compose_config
 
-        cfg = compose_config([f"arch={self.arch}"])
+        cfg = compose_config([f"arch={self.arch}"] if self.arch else [])
         tier = cfg.hardware_tier
-        return {"arch": self.arch, "batch_size": cfg.train.batch_size, "lq_size": cfg.train.lq_size,
+        return {"arch": cfg.arch.name, "batch_size": cfg.train.batch_size, "lq_size": cfg.train.lq_size,
                 "precision": tier.precision, "compile": tier.compile,
                 "channels_last": tier.channels_last, "num_workers": tier.num_workers}
 
@@ -69,7 +69,7 @@ class HardwareDetector:
         return "\n".join(lines)
 
 
-def print_hardware_report(arch: str = "paragonsr2_nano") -> None:
+def print_hardware_report(arch: str | None = None) -> None:
     print(HardwareDetector(arch).generate_hardware_report())
 
 
@@ -77,7 +77,7 @@ def print_hardware_report(arch: str = "paragonsr2_nano") -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m zerosr.hardware", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--arch", default="paragonsr2_nano", help="architecture for the recommendations")
+    parser.add_argument("--arch", default=None, help="arch option for the recommendations (default: train.py's)")
     args = parser.parse_args(argv)
     detector = HardwareDetector(args.arch)
     print(json.dumps(detector.to_dict(), indent=2) if args.json else detector.generate_hardware_report())

@@ -19,11 +19,12 @@ import torch
 
 from zerosr import archs
 from zerosr.archs.io import unwrap
+from zerosr.archs.spec import feature_width
 from zerosr.engine.tiling import DEFAULT_OVERLAP, tile_geometry, tiled_forward
 from zerosr.errors import UserError
 
-# Context every tile carries on each side: validation's (tiling rounds it up to the model's
-# attention-window step, 24 LR pixels for ParagonSR2 with attention).
+# Context every tile carries on each side, unless the network's family asks for more (tiling
+# also rounds it up to the family's grid, e.g. an attention window's step).
 OVERLAP = DEFAULT_OVERLAP
 MAX_TILE = 512  # LR pixels; larger tiles are no faster, on GPU the batch grows instead
 MAX_BATCH = 8
@@ -91,7 +92,7 @@ def _free_bytes(device: torch.device) -> int:
 def auto_tile(model: torch.nn.Module, device: torch.device) -> tuple[int, int]:
     """(tile, batch) that the free memory allows for this model, from a per-pixel estimate."""
     net = unwrap(model)
-    features = int(getattr(net, "num_feat", 64))
+    features = feature_width(net)
     scale = int(getattr(net, "scale", 4))
     bytes_per_value = 2 if device.type == "cuda" else 4
     per_pixel = bytes_per_value * features * (FEATURE_COPIES + 2 * scale * scale)

@@ -26,6 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from PIL import Image
 
+from zerosr.archs.spec import CUSTOM
 from zerosr.data.io import IMAGE_EXTENSIONS, is_image_file
 from zerosr.errors import UserError
 
@@ -273,15 +274,29 @@ def _data_folders(cfg: DictConfig) -> tuple[tuple, tuple | None]:
     return train, val
 
 
+def _check_network(cfg: DictConfig) -> None:
+    """arch=custom: the user's class imports, takes `scale`, builds with arch.params and maps an
+    LR patch to scale x its size; anything else is one line (raised: no run can start without it)."""
+    if cfg.arch.name != CUSTOM:
+        if cfg.arch.get("_target_") is not None:
+            raise UserError(f"arch._target_ names your own network, which needs arch=custom (not arch={cfg.arch.name}): "
+                            f"add arch=custom or drop arch._target_")
+        return
+    from zerosr.archs.custom import build_custom, check_contract
+
+    check_contract(build_custom(cfg.arch.get("_target_"), int(cfg.scale), dict(cfg.arch.params)), int(cfg.scale))
+
+
 def _check_weights(cfg: DictConfig, report: Report) -> None:
-    """train.pretrain: readable safely and of this run's variant; train.resume=PATH: a valid state."""
+    """train.pretrain: readable safely and of this run's network; train.resume=PATH: a valid state."""
     train = cfg.train
     if train.pretrain:
         from zerosr import archs
 
         try:
             # The trainer's own reader (Trainer._load_pretrain): what passes here loads there.
-            archs.read_weights(train.pretrain, cfg.arch.name, int(cfg.scale), label=f"train.pretrain={train.pretrain}")
+            archs.read_weights(train.pretrain, cfg.arch.name, int(cfg.scale), label=f"train.pretrain={train.pretrain}",
+                               target=cfg.arch.get("_target_"))
         except UserError as err:
             report.errors.append(str(err))
     from zerosr.engine import distributed
@@ -304,6 +319,7 @@ def check_run(cfg: DictConfig) -> Report:
     from zerosr.data.split import split_validation
 
     started = time.perf_counter()
+    _check_network(cfg)
     report = Report()
     train_folders, val_folders = _data_folders(cfg)
     scale, lq_size = int(cfg.scale), int(cfg.train.lq_size)

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m zerosr.upscale",
-        description="Upscale an image or a folder of images with a trained ParagonSR2 model.",
+        description="Upscale an image or a folder of images with a trained model.",
     )
     parser.add_argument("model", help="weights (.safetensors from zerosr, traiNNer .pth) or a run directory")
     parser.add_argument("input", help="an image, or a folder read recursively")

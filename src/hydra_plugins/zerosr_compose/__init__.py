@@ -1,7 +1,7 @@
 """Makes Hydra's Compose API work on zerosr's conf/ without calling zerosr first.
 
 `conf/train.yaml` names options that zerosr registers in Hydra's ConfigStore (the typed schema,
-one arch option per variant, `hardware_tier/auto` for the detected tier) and resolvers
+`hardware_tier/auto` for the detected tier) and resolvers
 (`${zerosr.*:...}`). Hydra builds every app's config search path through SearchPathPlugins, so
 this one registers them when the search path holds zerosr's conf/ and nothing registered them
 yet (`train.py` and `zerosr.config.compose` register before Hydra starts):
@@ -10,7 +10,7 @@ yet (`train.py` and `zerosr.config.compose` register before Hydra starts):
     from zerosr.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["arch=paragonsr2_s"])
+        cfg = compose("train", overrides=["scale=4"])
 """
 
 from __future__ import annotations

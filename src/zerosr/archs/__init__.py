@@ -1,26 +1,24 @@
-"""Super-resolution networks: the ParagonSR2 family, nano to xl.
+"""Super-resolution networks, by family (see `spec.py`: how a family is described and added).
 
-    model = build("paragonsr2_s", scale=4)            # hyper-parameters from VARIANTS
-    save(model, "s_x4.safetensors")                   # weights + variant, scale and params
+    model = build("paragonsr2_s", scale=4)            # hyper-parameters from conf/arch/paragonsr2_s.yaml
+    save(model, "s_x4.safetensors")                   # weights + family, variant, scale and params
     model = load("s_x4.safetensors")                  # rebuilt from the file alone
 
-`VARIANTS` is the one place each variant's numbers live; the Hydra `arch` group is generated
-from it and the trainer calls `build(cfg.arch.name, cfg.scale, **cfg.arch.params)`.
+The trainer calls `build(cfg.arch.name, cfg.scale, cfg.arch._target_, **cfg.arch.params)`;
+`arch=custom` builds the user's own network by its import path (`custom.py`).
 """
 
 from __future__ import annotations
 
 import importlib
 
-# The table of variants is plain data: importing it (as config composition does, before every
-# run) must not import torch. Everything else loads on first use.
-from .variants import ARCHITECTURE, SCALES, VARIANTS
+# The spec is plain data and functions: importing it (as config code does) must not import
+# torch. Everything else loads on first use.
+from .spec import CUSTOM, Family, Recognised, Tiling, Variant, build, families, family, options, variant, variants
 
 _LAZY = {
-    "PARAMETERS": ".registry",
-    "build": ".registry",
-    "ParagonSR2": ".paragonsr2",
     "identify": ".io",
+    "infer": ".io",
     "load": ".io",
     "load_state_dict_file": ".io",
     "load_weights": ".io",
@@ -29,7 +27,8 @@ _LAZY = {
     "save": ".io",
 }
 
-__all__ = ["ARCHITECTURE", "SCALES", "VARIANTS", *_LAZY]
+__all__ = ["CUSTOM", "Family", "Recognised", "Tiling", "Variant", "build", "families", "family", "options", "variant",
+           "variants", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -1,9 +1,12 @@
-"""Weight files users exchange: `.safetensors` with our metadata, and traiNNer-style `.pth`.
+"""Weight files users exchange: `.safetensors` with our metadata, and other trainers' `.pth`.
 
-A `.safetensors` written by `save` names the architecture, variant, scale and hyper-parameters,
-so `load` rebuilds the model from the file alone. Files without that metadata (traiNNer-redux
-checkpoints, bare state dicts) are recognised from their tensor names and shapes. Pickled files
-are only ever read with `torch.load(weights_only=True)`.
+A `.safetensors` written by `save` names the family (`architecture`), the option and variant, the
+scale and the hyper-parameters (for `arch=custom`: the class's import path, `target`, and its
+parameters), so `load` rebuilds the model from the file alone. Files without that metadata
+(traiNNer-redux checkpoints with `params_ema` / `params`, neosr's, bare state dicts) are given to
+every family's `recognise` (see `spec.py`) and accepted only where the network it names has
+exactly the file's keys and shapes. Pickled files are only ever read with
+`torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -24,14 +27,13 @@ from torch import nn
 from zerosr.atomic import atomic_write_bytes
 from zerosr.errors import UserError
 
-from .registry import PARAMETERS, build
-from .variants import ARCHITECTURE, SCALES, VARIANTS
+from .spec import CUSTOM, Recognised, build, families, options, variant, variants
 
 # Prefixes that DistributedDataParallel and torch.compile put in front of parameter names.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-# traiNNer checkpoints keep the weights under one of these keys; EMA weights are preferred.
-CHECKPOINT_KEYS = ("params_ema", "params", "state_dict", "model")
+# traiNNer and neosr checkpoints keep the weights under one of these keys; EMA weights are preferred.
+CHECKPOINT_KEYS = ("params_ema", "params", "state_dict", "model", "net_g")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -70,18 +72,9 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None
     """
     net = unwrap(model)
     state = strip_prefixes(net.state_dict())
-    name, scale, params = _model_identity(net, state)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
     header = {key: value if isinstance(value, str) else json.dumps(value) for key, value in (metadata or {}).items()}
-    header.update(
-        {
-            "architecture": ARCHITECTURE,
-            "name": name,
-            "variant": name,
-            "scale": str(scale),
-            "params": json.dumps(params, sort_keys=True),
-        }
-    )
+    header.update(identity_metadata(net, state))
     path = Path(path)
     # Serialised in memory, then written by atomic_write_bytes: a crash leaves the old file or the
     # new one, and a full disk is one line (UserError) instead of a safetensors I/O traceback.
@@ -89,15 +82,21 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None
     return path
 
 
-def _model_identity(net: nn.Module, state: dict) -> tuple[str, int, dict]:
+def identity_metadata(net: nn.Module, state: dict) -> dict[str, str]:
+    """The header entries that say which network the weights are for."""
     name = getattr(net, "arch_name", None)
+    if name == CUSTOM:
+        return {"architecture": CUSTOM, "name": CUSTOM, "target": net.arch_target, "scale": str(int(net.scale)),
+                "params": json.dumps(net.arch_params, sort_keys=True)}
     if name is not None:
-        return name, int(net.scale), dict(net.arch_params)
-    found = infer(state)  # built without `build`: recognise it from its weights
-    if found is None:
-        raise ValueError("cannot save: the model was not made by zerosr.archs.build and matches no known variant")
-    name, scale, overrides = found
-    return name, scale, {**VARIANTS[name], **overrides}
+        found = Recognised(name, int(net.scale), dict(net.arch_params))
+    else:
+        found = recognise(state)  # built without `build`: recognised from its weights
+        if found is None:
+            raise ValueError("cannot save: the model was not made by zerosr.archs.build and matches no known variant")
+    chosen = variant(found.option)
+    return {"architecture": chosen.family, "name": found.option, "variant": chosen.variant,
+            "scale": str(found.scale), "params": json.dumps(found.params, sort_keys=True)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,90 +179,57 @@ def _short(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def infer(state: dict[str, torch.Tensor]) -> tuple[str, int, dict] | None:
-    """(variant, scale, overrides) whose network has exactly these keys and shapes, else None.
-
-    The width (`conv_in`) names the variant, the upsampler's output channels give the scale,
-    and structural options a traiNNer user may have changed (fast body mode, attention, norm,
-    channel modulation, content-aware gain, band kernel, expansion) become overrides.
-    """
+def recognise(state: dict[str, torch.Tensor]) -> Recognised | None:
+    """The built-in network (option, scale, full hyper-parameters) with exactly these keys and
+    shapes, asking every family in turn; None when none has them."""
     state = strip_prefixes(state)
-    conv_in, up_conv = state.get("conv_in.weight"), state.get("upsampler_net.up_conv.weight")
-    if conv_in is None or up_conv is None or conv_in.dim() != 4:
+    for entry in families().values():
+        if entry.recognise is None:
+            continue
+        table = {name: v.params for name, v in entry.variants.items()}
+        found = entry.recognise(state, table)
+        if found is not None and _shapes_match(state, found):
+            return found
+    return None
+
+
+def infer(state: dict[str, torch.Tensor]) -> tuple[str, int, dict] | None:
+    """(option, scale, overrides of the option's hyper-parameters) for a recognised state dict."""
+    found = recognise(state)
+    if found is None:
         return None
-    num_feat = conv_in.shape[0]
-    names = [name for name, params in VARIANTS.items() if params["num_feat"] == num_feat]
-    ratio, rest = divmod(up_conv.shape[0], num_feat)
-    scale = round(ratio**0.5)
-    if not names or rest or scale * scale != ratio or scale not in SCALES:
-        return None
-    name = names[0]
-    overrides = _structural_overrides(state, VARIANTS[name])
-    if overrides is None or not _shapes_match(state, name, scale, overrides):
-        return None
-    return name, scale, overrides
+    defaults = variants()[found.option].params
+    return found.option, found.scale, {k: v for k, v in found.params.items() if defaults.get(k, _ABSENT) != v}
+
+
+_ABSENT = object()
 
 
 def identify(state: dict[str, torch.Tensor]) -> tuple[str, int] | None:
-    """(variant, scale) when the state dict is exactly that variant with its default settings."""
+    """(option, scale) when the state dict is exactly that variant with its default settings."""
     found = infer(state)
     if found is None or found[2]:
         return None
     return found[0], found[1]
 
 
-def _structural_overrides(state: dict, defaults: dict) -> dict | None:
-    keys = set(state)
-    groups = 1 + max((int(k.split(".")[1]) for k in keys if k.startswith("body.")), default=-1)
-    blocks = 1 + max((int(k.split(".")[3]) for k in keys if k.startswith("body.0.blocks.")), default=-1)
-    if groups < 1 or blocks < 1:
-        return None
-    block = "body.0.blocks.0."
-    found = {
-        "use_norm": f"{block}norm.scale" in keys,
-        "use_channel_mod": f"{block}transformer.channel_mod.net.1.weight" in keys,
-        "use_attention": f"{block}transformer.attention.gamma" in keys,
-        "use_content_aware": any(k.startswith("content_processor.") for k in keys),
-    }
-    overrides = {flag: value for flag, value in found.items() if value != defaults[flag]}
-
-    band = state.get(f"{block}context.dwconv_w.weight")
-    if band is None or band.dim() != 4:
-        return None
-    if band.shape[-1] != defaults["band_kernel_size"]:
-        overrides["band_kernel_size"] = int(band.shape[-1])
-
-    hidden = state.get(f"{block}transformer.project_in.weight")
-    if hidden is None:
-        return None
-    num_feat = defaults["num_feat"]
-    if int(num_feat * defaults["ffn_expansion"]) != hidden.shape[0]:
-        overrides["ffn_expansion"] = hidden.shape[0] / num_feat
-
-    halved = (max(1, defaults["num_groups"] // 2), max(1, defaults["num_blocks"] // 2))
-    full = (defaults["num_groups"], defaults["num_blocks"])
-    expected = halved if defaults["fast_body_mode"] else full
-    if (groups, blocks) != expected:
-        overrides["fast_body_mode"] = False
-        if (groups, blocks) != full:
-            overrides.update(num_groups=groups, num_blocks=blocks)
-    return overrides
-
-
-def _shapes_match(state: dict, name: str, scale: int, overrides: dict) -> bool:
-    expected = expected_shapes(name, scale, **overrides)
+def _shapes_match(state: dict, found: Recognised) -> bool:
+    try:
+        expected = expected_shapes(found.option, found.scale, **found.params)
+    except UserError:
+        return False
     return expected == {key: tuple(value.shape) for key, value in state.items()}
 
 
-def expected_shapes(name: str, scale: int, **overrides) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes of a variant, built on the meta device (no memory)."""
-    return dict(_expected_shapes(name, scale, tuple(sorted(overrides.items()))))
+def expected_shapes(name: str, scale: int, **params) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of a built-in network, built on the meta device (no memory)."""
+    return dict(_expected_shapes(name, scale, tuple(sorted(params.items()))))
 
 
 @functools.lru_cache(maxsize=64)
-def _expected_shapes(name: str, scale: int, overrides: tuple) -> tuple[tuple[str, tuple[int, ...]], ...]:
+def _expected_shapes(name: str, scale: int, params: tuple) -> tuple[tuple[str, tuple[int, ...]], ...]:
     with torch.device("meta"):
-        model = build(name, scale, **dict(overrides))
+        model = build(name, scale, **dict(params))
     return tuple((key, tuple(value.shape)) for key, value in model.state_dict().items())
 
 
@@ -278,10 +244,16 @@ class Weights:
 
     path: Path
     state: dict
-    name: str
+    name: str  # the arch option, e.g. paragonsr2_nano, or custom
     scale: int
     params: dict
     label: str  # how messages name the file, e.g. "best.safetensors" or "train.pretrain=PATH"
+    target: str | None = None  # arch=custom: the network class's import path
+
+    @property
+    def holds(self) -> str:
+        """What the file holds, as messages name it: `paragonsr2_s x4`, `custom my_pkg.Net x2`."""
+        return f"{self.name}{f' {self.target}' if self.target else ''} x{self.scale}"
 
 
 def read_weights(
@@ -290,25 +262,28 @@ def read_weights(
     scale: int | None = None,
     key: str | None = None,
     label: str | None = None,
+    target: str | None = None,
 ) -> Weights:
     """Read a weights file and say which network it holds; the one reader behind every loader.
 
     Files with zerosr metadata say it; others are recognised from their weights, and when that
-    fails `name` and `scale` are taken as given. With `name` / `scale` given, a file for another
-    variant or scale is refused in one line saying what it holds. `label` names the file in
-    messages (default: its file name).
+    fails `name` and `scale` (and `target` for arch=custom) are taken as given. With them given, a
+    file of another family, variant, network class or scale is refused in one line saying what
+    it holds. `label` names the file in messages (default: its file name).
     """
     path = Path(path)
     label = label or path.name
     state, metadata = load_state_dict_file(path, key)
-    file_name, file_scale, params = _file_identity(path, state, metadata, name, scale)
-    if (name is not None and name != file_name) or (scale is not None and int(scale) != file_scale):
-        wanted = f"{name or file_name} x{scale if scale is not None else file_scale}"
+    weights = _file_identity(path, state, metadata, name, scale, target, label)
+    if ((name is not None and name != weights.name) or (scale is not None and int(scale) != weights.scale)
+            or (target is not None and weights.target is not None and target != weights.target)):
+        wanted = Weights(path, {}, name or weights.name, int(scale) if scale is not None else weights.scale, {}, label,
+                         target if (name or weights.name) == CUSTOM else None).holds
         raise UserError(
-            f"{label} holds {file_name} x{file_scale}, but the run uses {wanted}: "
-            f"use weights for {wanted} or set the run to {file_name} x{file_scale}"
+            f"{label} holds {weights.holds}, but the run uses {wanted}: "
+            f"use weights for {wanted} or set the run to {weights.holds}"
         )
-    return Weights(path, state, file_name, file_scale, params, label)
+    return weights
 
 
 def load_weights(model: nn.Module, weights: Weights) -> nn.Module:
@@ -335,34 +310,37 @@ def load(
     saying what it holds (see `read_weights`).
     """
     weights = read_weights(path, name, scale, key)
-    model = build(weights.name, weights.scale, **weights.params)
+    model = build(weights.name, weights.scale, weights.target, **weights.params)
     return load_weights(model, weights).to(device).eval()
 
 
-def _file_identity(path: Path, state: dict, metadata: dict, name: str | None, scale: int | None) -> tuple[str, int, dict]:
+def _file_identity(path: Path, state: dict, metadata: dict, name: str | None, scale: int | None,
+                   target: str | None, label: str) -> Weights:
     if "architecture" in metadata or "params" in metadata:
-        if metadata.get("architecture") != ARCHITECTURE:
-            raise UserError(
-                f"{path.name} holds a {metadata.get('architecture', 'unknown')} model, not {ARCHITECTURE}: "
-                f"pass weights for one of {', '.join(VARIANTS)}"
-            )
+        family_name = metadata.get("architecture", "unknown")
+        if family_name != CUSTOM and family_name not in families():
+            raise UserError(f"{path.name} holds a {family_name} model, which this zerosr cannot build: pass weights "
+                            f"of {', '.join(sorted(families()))}, or of arch=custom")
         try:
             file_name = metadata.get("name") or metadata["variant"]
             file_scale = int(metadata["scale"])
             params = json.loads(metadata.get("params", "{}"))
+            file_target = metadata["target"] if family_name == CUSTOM else None
         except (KeyError, ValueError) as exc:
             raise UserError(f"{path.name} has damaged zerosr metadata ({_one_line(exc)}): re-save it") from None
-        if file_name not in VARIANTS:
-            raise UserError(f"{path.name} holds unknown variant {file_name!r}: choose one of {', '.join(VARIANTS)}")
-        return file_name, file_scale, {k: v for k, v in params.items() if k in PARAMETERS}
-    found = infer(state)
+        if family_name != CUSTOM and file_name not in variants():
+            raise UserError(f"{path.name} holds unknown {family_name} variant {file_name!r}: choose one of "
+                            f"{', '.join(options())}")
+        return Weights(path, state, file_name if family_name != CUSTOM else CUSTOM, file_scale, params, label,
+                       file_target)
+    found = recognise(state)
     if found is not None:
-        return found
+        return Weights(path, state, found.option, found.scale, found.params, label)
     if name is not None and scale is not None:
-        return name, int(scale), {}
+        return Weights(path, state, name, int(scale), {}, label, target if name == CUSTOM else None)
     raise UserError(
-        f"cannot tell which ParagonSR2 variant {path.name} is for: pass its name and scale "
-        f"(one of {', '.join(VARIANTS)}; scale {', '.join(map(str, SCALES))})"
+        f"cannot tell which network {path.name} is for: zerosr recognises plain files of "
+        f"{', '.join(sorted(families()))}; pass the arch option and scale it was trained with"
     )
 
 

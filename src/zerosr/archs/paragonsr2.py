@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .variants import SCALES
+SCALES: tuple[int, ...] = (2, 3, 4, 8)
 
 
 def multiply_add(base: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,5 @@
 """Config: schemas, presets, derivation rules and their registration with Hydra (`store.register`)."""
 
-from pathlib import Path
+from zerosr.paths import CONFIG_DIR
 
-# conf/ at the repository root (the package is installed editable, see README).
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
+__all__ = ["CONFIG_DIR"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 from zerosr.bounds import clamp
-from zerosr.config import presets
 
 
 def first(*values):
@@ -105,12 +104,6 @@ def clip_history(total_iter: int) -> int:
     return int(clamp(0.01 * total_iter, 100, 1000))
 
 
-def clip_percentile(arch_name: str) -> float:
-    """Larger models have heavier-tailed gradients: clip a little tighter (p90 for xl .. p98 for nano)."""
-    rank = presets.VARIANT_ORDER.index(presets.variant_of(arch_name))
-    return round(clamp(98.0 - rank * 8.0 / 7, 80.0, 99.0), 2)
-
-
 def early_stop_patience(total_iter: int, validation_every: int) -> int:
     """A quarter of the run without a better PSNR, never fewer than three validations."""
     return int(max(3 * validation_every, clamp(total_iter // 4, 0, total_iter)))
@@ -119,11 +112,6 @@ def early_stop_patience(total_iter: int, validation_every: int) -> int:
 def early_stop_min_iter(total_iter: int) -> int:
     """Never stop in the first 30 % of a run: warm-up and the first LR cuts need it."""
     return int(0.3 * total_iter)
-
-
-def loss_schedule(key: str, arch_name: str):
-    """The per-variant loss-schedule preset, matched on the exact variant name."""
-    return presets.loss_schedule_preset(arch_name)[key]
 
 
 # A GAN trained from scratch: the share of the run trained on the other losses alone before the

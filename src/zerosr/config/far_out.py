@@ -38,6 +38,8 @@ def _lr(cfg: DictConfig) -> float:
 
 
 def _check_lr(cfg: DictConfig) -> str | None:
+    if cfg.train.lr is None or cfg.arch.preset.lr is None:
+        return None  # arch=custom before its start-up measurement: nothing to compare with yet
     lr, preset = _lr(cfg), float(cfg.arch.preset.lr)
     if lr >= LR_ABOVE * preset * (1 - 1e-9):  # 1e-2 / 1e-3 is not exactly 10 in floating point
         return (f"train.lr={lr:g} is {lr / preset:.0f}x the preset {preset:g}: training may diverge (a loss "
@@ -50,6 +52,8 @@ def _check_lr(cfg: DictConfig) -> str | None:
 
 
 def _check_warmup(cfg: DictConfig) -> str | None:
+    if cfg.train.lr is None or cfg.arch.preset.lr is None:
+        return None
     lr, preset = _lr(cfg), float(cfg.arch.preset.lr)
     if int(cfg.train.warmup_iter) == 0 and lr > preset:
         derived = derive.warmup_iter(int(cfg.arch.preset.warmup_iter), int(cfg.train.total_iter))

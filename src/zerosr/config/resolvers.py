@@ -32,10 +32,8 @@ _RULES = {
     "target_vram_usage": derive.target_vram_usage,
     "batch_adjust_every": derive.batch_adjust_every,
     "clip_history": derive.clip_history,
-    "clip_percentile": derive.clip_percentile,
     "early_stop_patience": derive.early_stop_patience,
     "early_stop_min_iter": derive.early_stop_min_iter,
-    "loss_schedule": derive.loss_schedule,
     "gan_delay": derive.gan_delay,
     "analysis_batches": derive.analysis_batches,
     # Facts of this machine (the probe is cached, so these cost nothing after the first call).

@@ -14,8 +14,20 @@ from zerosr.degradation_settings import DegradationSettings
 
 
 @dataclass
+class LossSchedulePreset:
+    momentum: float = MISSING  # smoothing of each loss's velocity
+    adaptation_rate: float = MISSING  # largest move of a weight multiplier per step (log space)
+    max_weight: float = MISSING  # multiplier ceiling
+    adaptation_threshold: float = MISSING  # dead band around the balanced value
+    baseline_iterations: int = MISSING  # steps before each loss's reference is taken
+
+
+@dataclass
 class ArchPreset:
-    lr: float = MISSING  # base learning rate for this variant
+    lr: float | None = MISSING  # base learning rate at the batch hint; null: measured at start-up (arch=custom)
+    lr_source: str = MISSING  # long-run benchmark | range-test rule | by hand | measured at start-up
+    divergence_lr: list[float] | None = None  # LR range test, seeds 0 and 1: where the loss diverged
+    lr_anchor: bool = False  # the one variant the range-test rule scales every other LR from
     batch_size: int = MISSING  # batch-size hint, scaled by the tier
     total_iter: int = MISSING  # default run length
     warmup_iter: int = MISSING  # linear LR warm-up iterations
@@ -25,11 +37,16 @@ class ArchPreset:
     lq_size: int = MISSING  # preferred LR patch side, in pixels
     lq_size_min: int = MISSING  # smallest patch side the batch search may pick
     lq_size_max: int = MISSING  # largest patch side the batch search may pick
+    clip_percentile: float = MISSING  # AutoClip: clip at this percentile of recent gradient norms
+    loss_schedule: LossSchedulePreset = field(default_factory=LossSchedulePreset)  # the loss-weight controller
 
 
 @dataclass
 class ArchConfig:
-    name: str = MISSING  # registered architecture, e.g. paragonsr2_nano
+    name: str = MISSING  # the option, e.g. paragonsr2_nano or custom (conf/arch/<name>.yaml)
+    family: str = MISSING  # the architecture family (zerosr/archs/spec.py), or custom
+    variant: str | None = None  # the variant inside its family, e.g. nano
+    _target_: str | None = None  # arch=custom: import path of your nn.Module, e.g. my_pkg.MyNet
     params: dict[str, Any] = field(default_factory=dict)  # the network's hyper-parameters
     preset: ArchPreset = field(default_factory=ArchPreset)  # how to train it
 
@@ -145,7 +162,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     total_iter: int = MISSING  # iterations (optimizer steps) in the run
-    lr: float = MISSING  # base learning rate
+    lr: float | None = MISSING  # base learning rate (null until arch=custom measured its preset)
     lr_scale: float = 1.0  # multiplies train.lr wherever it is used (what an Optuna sweep tunes)
     batch_size: int = MISSING  # samples per step and rank
     lq_size: int = MISSING  # LR patch side, in pixels

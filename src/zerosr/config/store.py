@@ -1,4 +1,6 @@
-"""Everything Hydra needs before it composes: resolvers, schemas, arch options, the detected tier.
+"""Everything Hydra needs before it composes: resolvers, the schema, the detected tier.
+
+The arch options are files, `conf/arch/<option>.yaml`, like every other group's.
 
 `register()` runs before `@hydra.main` (see train.py) and before any Compose-API call. The
 `hardware_tier/auto` option is stored here with the detected tier as its only default: the Hydra
@@ -10,10 +12,8 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
-from zerosr.archs.variants import VARIANTS
-from zerosr.config.presets import training_preset, variant_of
 from zerosr.config.resolvers import register_resolvers
-from zerosr.config.schema import ArchConfig, ArchPreset, ZeroSRConfig
+from zerosr.config.schema import ZeroSRConfig
 from zerosr.detect import probe, tier_for
 
 
@@ -22,10 +22,6 @@ def register() -> str:
     register_resolvers()
     store = ConfigStore.instance()
     store.store(name="zerosr_schema", node=ZeroSRConfig)
-    # One arch option per variant, built from the single table of hyper-parameters.
-    for name, params in VARIANTS.items():
-        preset = ArchPreset(**training_preset(variant_of(name)))
-        store.store(group="arch", name=name, node=ArchConfig(name=name, params=dict(params), preset=preset))
     tier = tier_for(probe())
     store.store(group="hardware_tier", name="auto", node={"defaults": [tier]})
     return tier

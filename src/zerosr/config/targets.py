@@ -46,6 +46,8 @@ def check_targets(cfg: DictConfig) -> None:
     import torch
 
     for key, path in targets(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)):
+        if key == "arch._target_":
+            continue  # the network: built and checked by preflight (zerosr.archs.custom)
         if not isinstance(path, str):
             raise UserError(f"{key}={path} must be an import path (a string), e.g. zerosr.losses.L1Loss")
         locate(path, key)

@@ -130,7 +130,7 @@ def builtin_config(cfg: DictConfig) -> DictConfig:
     from zerosr.config import CONFIG_DIR
     from zerosr.config.store import register
 
-    register()  # the arch options, the schema and hardware_tier/auto
+    register()  # the schema and hardware_tier/auto
     overrides = []
     for group in ("arch", "hardware_tier", "automation", "data"):
         name = OmegaConf.select(cfg, f"{group}.name", default=None)
@@ -144,10 +144,6 @@ def builtin_config(cfg: DictConfig) -> DictConfig:
 
 
 def _is_option(config_dir, group: str, name: str) -> bool:
-    if group == "arch":
-        from zerosr.archs.variants import VARIANTS
-
-        return name in VARIANTS
     return (config_dir / group / f"{name}.yaml").is_file()
 
 

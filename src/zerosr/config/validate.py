@@ -25,7 +25,10 @@ def validate(cfg: DictConfig) -> None:
     check_known_keys(cfg)
     train = cfg.train
     _require(cfg.scale in SCALES, f"scale={cfg.scale} is not supported: use one of {', '.join(map(str, SCALES))}")
-    _require(train.lr > 0, f"train.lr={train.lr} must be positive: try train.lr=2e-4 (or leave it unset)")
+    # null only where the start-up measures the preset (arch=custom, zerosr.engine.preset_lr)
+    _require(train.lr is not None or cfg.arch.preset.lr is None,
+             "train.lr is null: give a positive LR, e.g. train.lr=2e-4 (or leave it unset)")
+    _require(train.lr is None or train.lr > 0, f"train.lr={train.lr} must be positive: try train.lr=2e-4 (or leave it unset)")
     _require(train.lr_scale > 0, f"train.lr_scale={train.lr_scale} must be positive: it multiplies train.lr, e.g. 0.5")
     _require(train.batch_size >= 1, f"train.batch_size={train.batch_size} must be at least 1 (or leave it unset)")
     _require(train.total_iter >= 1, f"train.total_iter={train.total_iter} must be at least 1")
@@ -42,7 +45,8 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.hardware_tier.precision in PRECISIONS,
              f"hardware_tier.precision={cfg.hardware_tier.precision} is not one of {', '.join(PRECISIONS)}")
     check_loader(cfg.hardware_tier)
-    if "lr" in train.optimizer and float(train.optimizer.lr) != float(train.lr):
+    if "lr" in train.optimizer and train.optimizer.lr != train.lr and (
+            None in (train.optimizer.lr, train.lr) or float(train.optimizer.lr) != float(train.lr)):
         raise UserError(f"train.optimizer.lr={train.optimizer.lr} differs from train.lr={train.lr}: set train.lr "
                         "(the schedule and the automations start from it)")
     _validate_automation(cfg.automation)

@@ -57,9 +57,10 @@ def build_optimizer(spec: DictConfig, params) -> torch.optim.Optimizer:
                         "momentum: 0.9}'") from None
 
 
-def load_pretrain(model: torch.nn.Module, path: str, arch_name: str, scale: int) -> None:
-    """train.pretrain: the shared weights reader refuses another variant or scale in one line."""
-    archs.load_weights(model, archs.read_weights(path, arch_name, int(scale), label=f"train.pretrain={path}"))
+def load_pretrain(model: torch.nn.Module, path: str, arch: DictConfig, scale: int) -> None:
+    """train.pretrain: the shared weights reader refuses another family, variant or scale in one line."""
+    archs.load_weights(model, archs.read_weights(path, arch.name, int(scale), label=f"train.pretrain={path}",
+                                                 target=arch.get("_target_")))
 
 
 class Learner:
@@ -69,9 +70,9 @@ class Learner:
         self.device = device = accelerator.device
         self.precision = make_precision(tier.precision, accelerator)
         self.channels_last = bool(tier.channels_last) and accelerator.is_gpu
-        module = archs.build(cfg.arch.name, cfg.scale, **cfg.arch.params).to(device)
+        module = archs.build(cfg.arch.name, cfg.scale, cfg.arch.get("_target_"), **cfg.arch.params).to(device)
         if train.pretrain:
-            load_pretrain(module, train.pretrain, cfg.arch.name, cfg.scale)
+            load_pretrain(module, train.pretrain, cfg.arch, cfg.scale)
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = module  # the plain generator: what is saved, averaged and probed

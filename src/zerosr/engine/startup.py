@@ -15,6 +15,7 @@ import psutil
 import torch
 from omegaconf import DictConfig
 
+from zerosr.archs.spec import feature_width
 from zerosr.automations import analyse, cpu_batch_size, find_batch_size, lr_range_test, peak_memory_of
 from zerosr.automations.base import Decision
 from zerosr.automations.batch import NOT_RUN, PROBE_STEPS, lq_candidates, memory_size
@@ -92,7 +93,7 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
                         else f"; validation did not fit in {tile}px tiles: {validator.tile}px")
         else:
             new_lq = lq_size
-            per_sample = _bytes_per_sample(cfg, lq_size)
+            per_sample = _bytes_per_sample(cfg, lq_size, feature_width(learner.module))
             budget = auto.ram_budget_fraction * psutil.virtual_memory().available
 
             def samples_per_second(size: int) -> float:
@@ -125,10 +126,11 @@ def _cpu_candidates(batch: int, auto) -> list[int]:
     return candidates or [batch]
 
 
-def _bytes_per_sample(cfg: DictConfig, lq_size: int) -> float:
+def _bytes_per_sample(cfg: DictConfig, lq_size: int, width: int) -> float:
     """RAM one sample costs in a step: input, target, and activations (measured on a tiny forward
-    would need a profiler; estimated as 40 feature maps of the model's width at HR size)."""
-    scale, width = int(cfg.scale), int(cfg.arch.params.get("num_feat", 64))
+    would need a profiler; estimated as 40 feature maps of the model's width, from its family
+    spec, at HR size)."""
+    scale = int(cfg.scale)
     hr_pixels = (lq_size * scale) ** 2
     return 4.0 * hr_pixels * (3 + 3 + 40 * width / scale**2)
 

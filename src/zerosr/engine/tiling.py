@@ -3,13 +3,14 @@
 Each tile's output is used only for its core: the tile is the core plus `overlap` LR pixels of
 context on every side (shifted inward at the image edges). The cores partition the image, so
 there is no seam to blend away: for a network whose receptive field reaches at most `overlap` LR
-pixels, the result is exactly the whole-image forward. Two things reach further in ParagonSR2,
-and both are handled so that tiles still match the whole image (to float rounding in tests):
+pixels, the result is exactly the whole-image forward. What a network needs beyond that is its
+family's `Tiling` (`zerosr.archs.spec`), read here and nowhere else:
 
-- window attention: tiles start at multiples of the model's `tile_alignment` (and the overlap is
-  rounded up to one), so every tile attends over the same windows as the whole image;
-- the content-aware detail gain, an average over the whole image: it is computed once for the
-  whole image (`content_gain`, in strips) and given to every tile.
+- `context`: the overlap is at least this many LR pixels;
+- `grid`: tiles start at multiples of it (and the overlap is rounded up to one), so e.g. every
+  tile attends over the same attention windows as the whole image;
+- `whole_image`: forward inputs computed once over the whole image (a global statistic such as
+  ParagonSR2's content-aware gain) and given to every tile.
 
 Tiles of one shape run `batch_size` at a time. Call it under `torch.no_grad()`.
 """
@@ -21,6 +22,7 @@ from typing import Callable
 import torch
 
 from zerosr.archs.io import unwrap
+from zerosr.archs.spec import Tiling, tiling
 from zerosr.errors import UserError
 
 # LR pixels of context each tile carries on every side, unless a caller asks otherwise.
@@ -48,14 +50,20 @@ def _spans(length: int, tile: int, overlap: int, align: int = 1) -> list[tuple[i
 def tile_geometry(model, tile: int, overlap: int) -> tuple[int, int, int]:
     """(tile, overlap, align) as `tiled_forward` uses them for this model.
 
-    The overlap is rounded up to a multiple of the model's alignment and the tile down to one
-    (never below the smallest tile that leaves a core of one alignment step).
+    The overlap is raised to the family's context, rounded up to a multiple of its grid, and the
+    tile rounded down to one (never below the smallest tile that leaves a core of one grid step).
     """
-    align = int(getattr(unwrap(model), "tile_alignment", 1)) if isinstance(model, torch.nn.Module) else 1
+    needs = _needs(model)
+    align = int(needs.grid)
+    overlap = max(overlap, int(needs.context))
     if align > 1:
         overlap = -(-overlap // align) * align
         tile = max(tile // align * align, 2 * overlap + align)
     return tile, overlap, align
+
+
+def _needs(model) -> Tiling:
+    return tiling(unwrap(model)) if isinstance(model, torch.nn.Module) else Tiling()
 
 
 def tiled_forward(
@@ -71,9 +79,8 @@ def tiled_forward(
             f"tile size {tile} must exceed twice the tile overlap {overlap}: "
             "raise the tile size or lower the overlap"
         )
-    net = unwrap(model) if isinstance(model, torch.nn.Module) else None
-    content_gain = getattr(net, "content_gain", None)
-    gain = content_gain(lq, rows=tile) if content_gain is not None else None
+    whole = _needs(model).whole_image
+    shared = whole(unwrap(model), lq, tile) if whole is not None else {}
 
     # Tiles grouped by input shape (at most four: inner, last column, last row, corner), so a
     # batch stacks tiles of one size.
@@ -88,7 +95,8 @@ def tiled_forward(
         for first in range(0, len(placements), max(1, batch_size)):
             chunk = placements[first : first + max(1, batch_size)]
             patches = torch.cat([lq[:, :, iy : iy + tile_h, ix : ix + tile_w] for _, _, iy, _, _, ix in chunk])
-            result = model(patches) if gain is None else model(patches, gain=gain.repeat(len(chunk), 1, 1, 1))
+            result = model(patches, **{key: value.repeat(len(chunk), *([1] * (value.dim() - 1)))
+                                       for key, value in shared.items()})
             expected = (tile_h * scale, tile_w * scale)
             if tuple(result.shape[2:]) != expected:
                 raise ValueError(

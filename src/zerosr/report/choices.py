@@ -22,6 +22,12 @@ def _hardware_line(hardware: Hardware) -> str:
             f"{hardware.ram_gb:.1f} GB RAM")
 
 
+def _network(arch: DictConfig) -> str:
+    if arch.name == "custom":
+        return f"custom {arch.get('_target_')}"
+    return str(arch.name)
+
+
 def describe_choices(cfg: DictConfig, hardware: Hardware, user_set: Iterable[str] = (),
                      warnings: Iterable[str] = ()) -> str:
     """Tier, preset, training values and the automations' derived parameters, resolved; the keys
@@ -31,14 +37,19 @@ def describe_choices(cfg: DictConfig, hardware: Hardware, user_set: Iterable[str
     user_set = set(user_set)
     detected = tier_for(hardware)
     why_tier = "detected" if tier.name == detected else f"set by you; this machine would be '{detected}'"
-    lr = float(train.lr) * float(train.lr_scale)
-    lr_text = f"lr {lr:g}" + (f" = {train.lr:g} x train.lr_scale {train.lr_scale:g}" if train.lr_scale != 1 else "")
+    if train.lr is None:
+        lr_text = "lr measured at start-up"
+    else:
+        lr = float(train.lr) * float(train.lr_scale)
+        lr_text = f"lr {lr:g}" + (f" = {train.lr:g} x train.lr_scale {train.lr_scale:g}" if train.lr_scale != 1 else "")
+    preset = cfg.arch.preset
+    preset_lr = "measured at start-up" if preset.lr is None else f"{preset.lr:g} ({preset.lr_source})"
     lines = [
         f"hardware     {_hardware_line(hardware)}",
         f"tier         {tier.name} ({why_tier}): precision {tier.precision}, compile "
         f"{'on' if tier.compile else 'off'}, channels_last {'on' if tier.channels_last else 'off'}, "
         f"{tier.num_workers} loader workers",
-        f"arch         {cfg.arch.name} x{cfg.scale}; preset lr {cfg.arch.preset.lr:g}, batch hint "
+        f"arch         {_network(cfg.arch)} x{cfg.scale}; preset lr {preset_lr}, batch hint "
         f"{cfg.arch.preset.batch_size}, {cfg.arch.preset.total_iter} iterations",
         f"train        {train.total_iter} iterations, {lr_text} (warm-up {train.warmup_iter}), "
         f"batch {train.batch_size} x {train.lq_size}px LR patches, EMA {train.ema_decay}",
