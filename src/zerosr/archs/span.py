@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layout import same_layout, shuffle_scale
+from .layout import option_for, same_layout, shuffle_scale
+from .spec import Family, Recognised, Tiling
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 SCALES: tuple[int, ...] = (2, 3, 4, 8)
@@ -146,3 +147,21 @@ def recognise(state: dict[str, torch.Tensor]) -> tuple[int, dict] | None:
     if scale is None or not same_layout(state, lambda: SPAN(scale, **params)):
         return None
     return scale, params
+
+
+def _recognised(state: dict, variants: dict[str, dict]) -> Recognised | None:
+    found = recognise(state)
+    return None if found is None else Recognised(option_for(found[1], variants), *found)
+
+
+FAMILY = Family(
+    name="SPAN",
+    network=SPAN,
+    scales=SCALES,
+    recognise=_recognised,
+    # Receptive field: 20 chained 3x3 convolutions and the upsampler's 3x3: exact at 21 LR pixels.
+    tiling=lambda model: Tiling(context=21),
+    feature_width=lambda params: params["feature_channels"],
+    onnx=True,
+    onnx_min_opset=11,
+)
