@@ -68,4 +68,5 @@ FAMILY = Family(
     feature_width=lambda params: params["num_feat"],
     onnx=True,
     onnx_min_opset=11,
+    spandrel=True,
 )

@@ -200,5 +200,6 @@ FAMILY = Family(
     feature_width=lambda params: params["num_filters"],
     onnx=True,
     onnx_min_opset=11,
+    spandrel=True,
     rename=to_old_layout,
 )

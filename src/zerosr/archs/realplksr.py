@@ -175,4 +175,5 @@ FAMILY = Family(
     feature_width=lambda params: params["dim"],
     onnx=True,
     onnx_min_opset=11,
+    spandrel=True,
 )

@@ -164,4 +164,5 @@ FAMILY = Family(
     feature_width=lambda params: params["feature_channels"],
     onnx=True,
     onnx_min_opset=11,
+    spandrel=True,
 )

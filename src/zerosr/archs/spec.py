@@ -134,6 +134,9 @@ class Family:
     # Other trainers' key layouts of the same network -> this family's (e.g. ESRGAN's newer names);
     # applied before `recognise`, and the renamed state dict is what gets loaded.
     rename: Callable[[dict], dict] | None = None
+    # spandrel (chaiNNer's model loader) reads this family's plain state dicts: `python -m
+    # zerosr.export MODEL out.pth` writes one.
+    spandrel: bool = False
 
     @property
     def variants(self) -> dict[str, Variant]:
