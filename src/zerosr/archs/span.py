@@ -53,16 +53,28 @@ class RepConv3x3(nn.Module):
         weight = weight + F.pad(self.sk.weight, (1, 1, 1, 1))
         return weight, bias + self.sk.bias
 
+    def refresh(self) -> None:
+        """Write the collapsed kernel into `eval_conv`, as spandrel does before inference."""
+        with torch.no_grad():
+            weight, bias = self.collapsed()
+            self.eval_conv.weight.copy_(weight)
+            self.eval_conv.bias.copy_(bias)
+
+    def train(self, mode: bool = True) -> RepConv3x3:
+        super().train(mode)
+        if not mode:
+            self.refresh()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.collapsed()
-        if not self.training:
-            # Keep `eval_conv` holding the collapsed kernel, as spandrel leaves it after inference.
-            with torch.no_grad():
-                self.eval_conv.weight.copy_(weight)
-                self.eval_conv.bias.copy_(bias)
-        # Training also runs the collapsed kernel: the branches are linear, so this is the same
-        # function of the same parameters (same gradients) at a quarter of the work.
-        return F.conv2d(x, weight, bias, padding=1)
+        if self.training:
+            # Training also runs the collapsed kernel: the branches are linear, so this is the same
+            # function of the same parameters (same gradients) at a quarter of the work.
+            weight, bias = self.collapsed()
+            return F.conv2d(x, weight, bias, padding=1)
+        if not torch.onnx.is_in_onnx_export():  # weights may have changed since eval(); export reads them as they are
+            self.refresh()
+        return self.eval_conv(x)
 
 
 def _save_collapsed(module: RepConv3x3, state: dict, prefix: str, local_metadata: dict) -> None:
