@@ -1,6 +1,12 @@
-"""Export trained weights to ONNX for deployment (chaiNNer, onnxruntime, TensorRT).
+"""Export trained weights to ONNX for deployment (chaiNNer, onnxruntime, TensorRT), or to the
+`.pth` chaiNNer and traiNNer-redux read.
 
     python -m zerosr.export WEIGHTS.safetensors OUT.onnx [--opset 17] [--fp16]
+    python -m zerosr.export WEIGHTS.safetensors OUT.pth  [--fp16]
+
+A `.pth` holds the plain state dict under `params_ema`, as traiNNer-redux writes its own; spandrel
+(chaiNNer's loader) unwraps that key. Only families spandrel knows are written this way (SPAN,
+Compact, PLKSR, ESRGAN); a zerosr `.safetensors` of those families opens in chaiNNer as it is.
 
 The graph takes `input` (N, 3, H, W) and returns `output` (N, 3, scale*H, scale*W); batch, height
 and width are dynamic. The window attention is traced in a form that computes its window grid
@@ -11,6 +17,7 @@ memory for all attention windows at once; tile very large images.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +26,9 @@ import torch
 from torch import nn
 
 from zerosr.archs import load
-from zerosr.archs.spec import onnx_min_opset
+from zerosr.archs.io import strip_prefixes
+from zerosr.archs.spec import family_of, onnx_min_opset
+from zerosr.atomic import atomic_write_bytes
 from zerosr.errors import UserError
 
 DEFAULT_OPSET = 17
@@ -64,13 +73,31 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, 
     return path
 
 
+def export_pth(model: nn.Module, path: str | Path, fp16: bool = False) -> Path:
+    """Write the network's plain state dict, wrapped as `{"params_ema": state}`, atomically."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory: give a file name such as {path / 'model.pth'}")
+    owner = family_of(model)
+    if owner is None or not owner.spandrel:
+        name = getattr(model, "arch_family", None) or type(model).__name__
+        raise UserError(f"chaiNNer cannot read {name} weights as .pth (its loader, spandrel, does not know the "
+                        "network): export to .onnx instead")
+    dtype = torch.float16 if fp16 else torch.float32
+    state = {key: value.detach().to("cpu", dtype).contiguous() for key, value in strip_prefixes(model.state_dict()).items()}
+    buffer = io.BytesIO()
+    torch.save({"params_ema": state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m zerosr.export",
         description="Export trained weights (.safetensors from zerosr, or another trainer's .pth) to ONNX.",
     )
     parser.add_argument("weights", help="weights file: .safetensors written by zerosr, or a traiNNer / neosr .pth")
-    parser.add_argument("output", help="ONNX file to write, e.g. model.onnx")
+    parser.add_argument("output", help="file to write: model.onnx, or model.pth (SPAN, Compact, PLKSR, ESRGAN)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--fp16", action="store_true", help="half-precision weights, input and output")
     parser.add_argument("--name", help="arch option, only needed for files that cannot be recognised")
@@ -78,11 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model = load(args.weights, name=args.name, scale=args.scale)
-        out = export_onnx(model, args.output, opset=args.opset, fp16=args.fp16)
+        if Path(args.output).suffix.lower() == ".pth":
+            out = export_pth(model, args.output, fp16=args.fp16)
+        else:
+            out = export_onnx(model, args.output, opset=args.opset, fp16=args.fp16)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     precision = "fp16" if args.fp16 else "fp32"
+    if out.suffix.lower() == ".pth":
+        print(f"wrote {out} ({model.arch_name} x{model.scale}, {precision}, state dict under params_ema)")
+        return 0
     print(f"wrote {out} ({model.arch_name} x{model.scale}, {precision}, opset {args.opset}, dynamic N/H/W)")
     return 0
 

@@ -33,7 +33,7 @@ from .spec import CUSTOM, Recognised, build, families, options, variant, variant
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 # traiNNer and neosr checkpoints keep the weights under one of these keys; EMA weights are preferred.
-CHECKPOINT_KEYS = ("params_ema", "params", "state_dict", "model", "net_g")
+CHECKPOINT_KEYS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "model", "net_g", "net")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -182,14 +182,21 @@ def _short(exc: BaseException) -> str:
 def recognise(state: dict[str, torch.Tensor]) -> Recognised | None:
     """The built-in network (option, scale, full hyper-parameters) with exactly these keys and
     shapes, asking every family in turn; None when none has them."""
+    found = _recognise(state)
+    return None if found is None else found[0]
+
+
+def _recognise(state: dict[str, torch.Tensor]) -> tuple[Recognised, dict] | None:
+    """`recognise`, with the state dict in the family's own key layout (see `Family.rename`)."""
     state = strip_prefixes(state)
     for entry in families().values():
-        if entry.recognise is None:
+        if entry.recognise is None or not entry.variants:
             continue
+        own = entry.rename(state) if entry.rename is not None else state
         table = {name: v.params for name, v in entry.variants.items()}
-        found = entry.recognise(state, table)
-        if found is not None and _shapes_match(state, found):
-            return found
+        found = entry.recognise(own, table)
+        if found is not None and _shapes_match(own, found):
+            return found, own
     return None
 
 
@@ -333,9 +340,9 @@ def _file_identity(path: Path, state: dict, metadata: dict, name: str | None, sc
                             f"{', '.join(options())}")
         return Weights(path, state, file_name if family_name != CUSTOM else CUSTOM, file_scale, params, label,
                        file_target)
-    found = recognise(state)
+    found = _recognise(state)
     if found is not None:
-        return Weights(path, state, found.option, found.scale, found.params, label)
+        return Weights(path, found[1], found[0].option, found[0].scale, found[0].params, label)
     if name is not None and scale is not None:
         return Weights(path, state, name, int(scale), {}, label, target if name == CUSTOM else None)
     raise UserError(

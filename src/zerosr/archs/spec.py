@@ -34,6 +34,8 @@ Two things, and no other file changes:
      their `params` (its `conf/arch` files), so a file that only says the width can be given the
      variant's other hyper-parameters. `archs.io` then builds that network on the meta device and
      accepts the file only if every key and shape agrees: `recognise` may be approximate.
+   - `rename(state)` (optional) maps other key layouts of the same network to the family's own,
+     before `recognise`; what it returns is what gets loaded.
    - `tiling(model)` returns `Tiling(context, grid, whole_image)`: LR pixels of context a tile
      needs on each side, the multiple tile origins must sit on (an attention window grid), and
      optionally `whole_image(model, lq, rows) -> dict` of forward keywords computed once over the
@@ -129,6 +131,12 @@ class Family:
     onnx: bool = True
     onnx_min_opset: int = 11
     run_options: tuple[str, ...] = ()
+    # Other trainers' key layouts of the same network -> this family's (e.g. ESRGAN's newer names);
+    # applied before `recognise`, and the renamed state dict is what gets loaded.
+    rename: Callable[[dict], dict] | None = None
+    # spandrel (chaiNNer's model loader) reads this family's plain state dicts: `python -m
+    # zerosr.export MODEL out.pth` writes one.
+    spandrel: bool = False
 
     @property
     def variants(self) -> dict[str, Variant]:

@@ -1,0 +1,72 @@
+"""Compact (SRVGGNetCompact, Real-ESRGAN's small network), in the layout chaiNNer's loader reads.
+
+A plain stack of 3x3 convolutions with per-channel PReLU at low resolution, one pixel shuffle at
+the end, and the nearest-neighbour enlarged input added back, so the network learns a residual.
+Keys `body.N.weight/bias` (convolutions and PReLUs alternate) match spandrel's `Compact` (0.4.2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layout import option_for, same_layout, seq_len, shuffle_scale
+from .spec import Family, Recognised, Tiling
+
+SCALES: tuple[int, ...] = (2, 3, 4, 8)
+
+
+class Compact(nn.Module):
+    def __init__(self, scale: int = 4, num_feat: int = 64, num_conv: int = 16, in_channels: int = 3, out_channels: int = 3) -> None:
+        super().__init__()
+        self.scale = scale
+        self.num_conv = num_conv
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, num_feat, 3, padding=1), nn.PReLU(num_feat)]
+        for _ in range(num_conv):
+            layers += [nn.Conv2d(num_feat, num_feat, 3, padding=1), nn.PReLU(num_feat)]
+        layers.append(nn.Conv2d(num_feat, out_channels * scale * scale, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+        self.upsampler = nn.PixelShuffle(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.upsampler(self.body(x)) + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+
+# traiNNer-redux's factories of the same names.
+VARIANTS: dict[str, dict] = {
+    "compact": {"num_feat": 64, "num_conv": 16},
+    "ultracompact": {"num_feat": 64, "num_conv": 8},
+    "superultracompact": {"num_feat": 24, "num_conv": 8},
+}
+
+
+def recognise(state: dict[str, torch.Tensor]) -> tuple[int, dict] | None:
+    """(scale, hyper-parameters) of a Compact state dict, read as spandrel reads it; else None."""
+    first, last = state.get("body.0.weight"), state.get(f"body.{seq_len(state, 'body') - 1}.bias")
+    if first is None or last is None or first.dim() != 4 or first.shape[1] != 3 or "body.1.weight" not in state:
+        return None
+    scale = shuffle_scale(last.shape[0])
+    params = {"num_feat": int(first.shape[0]), "num_conv": (seq_len(state, "body") - 3) // 2}
+    if scale is None or not same_layout(state, lambda: Compact(scale, **params)):
+        return None
+    return scale, params
+
+
+def _recognised(state: dict, variants: dict[str, dict]) -> Recognised | None:
+    found = recognise(state)
+    return None if found is None else Recognised(option_for(found[1], variants), *found)
+
+
+FAMILY = Family(
+    name="Compact",
+    network=Compact,
+    scales=SCALES,
+    recognise=_recognised,
+    # Receptive field: num_conv + 2 chained 3x3 convolutions: exact.
+    tiling=lambda model: Tiling(context=model.num_conv + 2),
+    feature_width=lambda params: params["num_feat"],
+    onnx=True,
+    onnx_min_opset=11,
+    spandrel=True,
+)

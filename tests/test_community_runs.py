@@ -1,0 +1,89 @@
+"""SPAN, Compact, PLKSR and ESRGAN through zerosr: ONNX parity, tiling, and `train.py` runs with
+every automation on, as real processes, one variant per family (shrunk through `arch.params`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from test_train import make_dataset
+from zerosr import archs
+from zerosr.engine.tiling import tiled_forward
+from zerosr.export import export_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+# One variant per family, small enough for CI; every structural feature kept (ESRGAN x2 unshuffles).
+SMALL = {
+    "span_s": {"feature_channels": 8},
+    "superultracompact": {"num_feat": 8, "num_conv": 2},
+    "realplksr_tiny": {"dim": 16, "n_blocks": 2},
+    "esrgan_lite": {"num_filters": 8, "num_blocks": 1},
+}
+
+
+def small(option: str, scale: int = 2) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = archs.build(option, scale, **SMALL[option])
+    with torch.no_grad():
+        for value in model.parameters():
+            value.add_(torch.randn_like(value) * 0.05)
+    return model.eval()
+
+
+@pytest.mark.parametrize("option", list(SMALL))
+def test_onnx_graph_matches_pytorch_at_odd_sizes(option, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = small(option)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # ESRGAN's x2 form unshuffles 2x2 blocks: its graph takes even sizes (spandrel asks multiples of 4).
+    for shape in [(1, 3, 14, 12), (2, 3, 20, 26)] if option.startswith("esrgan") else [(1, 3, 13, 11), (2, 3, 20, 27)]:
+        x = torch.rand(shape)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"input": x.numpy()})[0]
+        assert got.shape == expected.shape == (shape[0], 3, shape[2] * 2, shape[3] * 2)
+        assert np.abs(got - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("option", list(SMALL))
+def test_tiled_upscaling_matches_the_whole_image(option):
+    model = small(option)
+    context = archs.spec.tiling(model).context
+    tile = 2 * context + 10  # odd core sizes: ESRGAN x2's grid must keep tiles on even pixels
+    x = torch.rand(1, 3, tile + 23, tile + 17)
+    with torch.no_grad():
+        whole = model(x)
+        tiled = tiled_forward(model, x, 2, tile, overlap=0)
+    assert (tiled - whole).abs().max().item() <= 1 / 255
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"), count=6, size=32)
+
+
+@pytest.mark.parametrize("option", list(SMALL))
+def test_train_py_runs_with_every_automation(option, data, tmp_path):
+    hr, lr = data
+    run_dir = tmp_path / "run"
+    params = ",".join(f"{key}:{value}" for key, value in SMALL[option].items())
+    overrides = [f"arch={option}", "data=paired", f"data.gt_path={hr}", f"data.lq_path={lr}", "data.n_val=2",
+                 "train.total_iter=8", "train.lq_size=16", "train.val_freq=4", "train.save_freq=4",
+                 "hardware_tier.num_workers=0", f"arch.params={{{params}}}", f"hydra.run.dir={run_dir}"]
+    out = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "ZEROSR_FAKE_HARDWARE": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "=== zerosr run summary ===" in out.stdout
+    automations = {json.loads(line)["automation"] for line in (run_dir / "automation.jsonl").read_text().splitlines()}
+    assert automations  # the automations ran and decided
+    model = archs.load(run_dir / "models" / "best.safetensors")
+    assert (model.arch_name, model.scale) == (option, 2)
+    assert all(model.arch_params[key] == value for key, value in SMALL[option].items())
