@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from zerosr.errors import UserError
-from zerosr.metrics.perceptual import DISTS, LPIPS, _ALEXNET, _VGG16_WIDTHS, _build, _vgg_layout
+from zerosr.metrics.perceptual import _ALEXNET, _VGG16_WIDTHS, DISTS, LPIPS, _build, _vgg_layout
 
 FIXTURE = Path(__file__).parent / "fixtures" / "perceptual_reference.json"
 SEED = 20240601

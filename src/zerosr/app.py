@@ -25,7 +25,7 @@ def run_dir_of(cfg: DictConfig) -> Path:
 
 
 def run(cfg: DictConfig) -> float:
-    """Returns the best validation PSNR, the value sweepers maximise."""
+    """Returns the best value of the selection metric (`train.select_metric`), what sweepers optimise."""
     cfg = settle_tier(cfg)  # this machine's tier, also when a launcher composed elsewhere
     validate(cfg)
     arm_kill_points(cfg.debug.kill_at)  # debug.kill_at: SIGKILL at chosen points (fault tests)
@@ -33,6 +33,9 @@ def run(cfg: DictConfig) -> float:
 
     preflight(cfg)  # the data, in seconds, dry run included (as doctor): every problem one line, exit 2
     run_dir = run_dir_of(cfg)
+    from zerosr import pretrained
+
+    pretrained.set_weights_dir(cfg.train.weights_dir)  # before any loss or metric reads a pretrained file
     if distributed.launched():  # torchrun: one process group, one run directory, rank 0 writes
         run_dir = join_ranks(run_dir)
     user_set = remember_user_set(cfg)  # what the user set wins over start-up measurement

@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 
 from zerosr.config import derive
 from zerosr.detect import loader_workers, precision_for, probe
+from zerosr.metrics import catalog
 
 
 def job_dir(num, overrides: str = "", limit: int = 120) -> str:
@@ -38,6 +39,10 @@ _RULES = {
     "loss_schedule": derive.loss_schedule,
     "gan_delay": derive.gan_delay,
     "analysis_batches": derive.analysis_batches,
+    "val_metrics": catalog.val_metrics,
+    "select_metric": catalog.select_metric,
+    "early_stop_min_delta": catalog.early_stop_min_delta,
+    "sweep_direction": lambda name: catalog.metric(str(name)).direction,
     # Facts of this machine (the probe is cached, so these cost nothing after the first call).
     "precision": lambda no_gpu_default: precision_for(probe(), no_gpu_default),
     "loader_workers": lambda cap, share=0.5, data="": loader_workers(probe(), int(cap), float(share), str(data)),
