@@ -190,3 +190,28 @@ def test_weights_failures_are_one_line_and_the_run_is_kept(finished, served, tmp
 def test_unknown_metric_names_are_one_line(override, expected, tmp_path):
     out = train_py("dry_run=true", override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert expected in _one_error(out)
+
+
+def test_evaluate_reports_the_runs_metrics_per_image(finished):
+    import subprocess
+    import sys
+
+    run_dir, _, env, args, root = finished
+    hr, lr = (a.split("=", 1)[1] for a in args if a.startswith(("data.gt_path=", "data.lq_path=")))
+
+    def evaluate(*extra):
+        return subprocess.run([sys.executable, "-m", "zerosr.evaluate", str(run_dir), "--hr", hr, "--lr", lr, *extra],
+                              cwd=root, capture_output=True, text=True, timeout=300, env=env)
+
+    out = evaluate("--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert len(report["images"]) == 6
+    for key in ("psnr", "ssim", "lpips", "dists", "bicubic_lpips", "bicubic_dists"):  # the run's val metrics
+        assert all(isinstance(row[key], float) for row in report["images"])
+        assert report["mean"][key] == pytest.approx(sum(r[key] for r in report["images"]) / 6)
+    table = evaluate("--metrics", "psnr,ssim,lpips_vgg")
+    assert table.returncode == 2 and "lpips_v0.1_vgg.pth" in table.stderr  # its heads are not served: one line
+    assert "error: " in table.stderr and "Traceback" not in table.stderr
+    wrong = evaluate("--metrics", "psnr,fid")
+    assert wrong.returncode == 2 and "--metrics: 'fid' is not a metric" in wrong.stderr
