@@ -215,3 +215,23 @@ def test_evaluate_reports_the_runs_metrics_per_image(finished):
     assert "error: " in table.stderr and "Traceback" not in table.stderr
     wrong = evaluate("--metrics", "psnr,fid")
     assert wrong.returncode == 2 and "--metrics: 'fid' is not a metric" in wrong.stderr
+
+
+def test_an_offline_machine_uses_the_weights_folder(finished, served, tmp_path):
+    """No network, empty cache, the files in `train.weights_dir`: the run goes on without a download."""
+    import shutil
+
+    run_dir, _, env, args, root = finished
+    index = json.loads(served[0].read_text())
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for name, entry in index.items():
+        shutil.copy(served[0].parent / f"{name}.pth", folder / entry["file_name"])
+        entry["url"] = "http://127.0.0.1:9/" + entry["file_name"]  # nothing listens there
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    env = {**env, "ZEROSR_WEIGHTS_INDEX": str(tmp_path / "index.json"), "ZEROSR_CACHE": str(tmp_path / "cache")}
+    out = _run(args + [f"hydra.run.dir={tmp_path / 'run'}", f"train.weights_dir={folder}", "train.total_iter=2",
+                       "train.val_freq=2", "train.save_freq=2"], root, env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not (tmp_path / "cache").exists()
+    assert "val/dists" in (tmp_path / "run" / "metrics.jsonl").read_text()

@@ -33,9 +33,6 @@ def run(cfg: DictConfig) -> float:
 
     preflight(cfg)  # the data, in seconds, dry run included (as doctor): every problem one line, exit 2
     run_dir = run_dir_of(cfg)
-    from zerosr import pretrained
-
-    pretrained.set_weights_dir(cfg.train.weights_dir)  # before any loss or metric reads a pretrained file
     if distributed.launched():  # torchrun: one process group, one run directory, rank 0 writes
         run_dir = join_ranks(run_dir)
     user_set = remember_user_set(cfg)  # what the user set wins over start-up measurement

@@ -18,7 +18,7 @@ import psutil
 import torch
 from omegaconf import DictConfig
 
-from zerosr import archs
+from zerosr import archs, pretrained
 from zerosr.automations import build_automations
 from zerosr.automations.base import Decision
 from zerosr.config.user_set import user_set_keys
@@ -63,6 +63,7 @@ class Trainer:
         train, tier = cfg.train, cfg.hardware_tier
         self.accelerator = accelerator = current_accelerator()
         seed_everything(train.seed, train.deterministic, accelerator.is_gpu)
+        pretrained.set_weights_dir(train.weights_dir)  # before a loss or metric reads a pretrained file
         self.device = accelerator.device
         self.learner = Learner(cfg, accelerator)
         self.sync = self.learner.sync

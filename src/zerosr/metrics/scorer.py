@@ -15,11 +15,15 @@ from zerosr.metrics.catalog import PERCEPTUAL, build_network
 
 
 class Scorer:
-    def __init__(self, names: Iterable[str] = ("psnr", "ssim"), device: torch.device | str = "cpu"):
+    def __init__(self, names: Iterable[str] = ("psnr", "ssim"), device: torch.device | str = "cpu",
+                 networks: dict | None = None):
+        """`networks`: perceptual networks already built (by name); the others are built here."""
         self.names = list(names)
         self.device = torch.device(device)
+        networks = networks or {}
         # Built now: a missing or wrong weights file stops the run before training, not at validation.
-        self.networks = {name: build_network(name).to(self.device) for name in self.names if name in PERCEPTUAL}
+        self.networks = {name: (networks.get(name) or build_network(name)).to(self.device)
+                         for name in self.names if name in PERCEPTUAL}
 
     @torch.no_grad()
     def __call__(self, sr: torch.Tensor, hr: torch.Tensor, scale: int) -> dict[str, float]:
