@@ -128,3 +128,21 @@ def test_wrong_files_are_one_line_errors(files, tmp_path):
         DISTS(files / "vgg16.pth", files / "lpips_vgg.pth")
     with pytest.raises(UserError, match="net 'squeeze'"):
         LPIPS("squeeze")
+
+
+def test_dists_loss_trains_the_sr_image_only(files):
+    from zerosr.engine.objective import build_objective
+
+    objective = build_objective([{"_target_": "zerosr.losses.DISTSLoss", "weight": 0.5,
+                                  "backbone_path": str(files / "vgg16.pth"), "weights_path": str(files / "dists.pt")}],
+                                torch.device("cpu"), 1e-3)
+    x, y = images()
+    sr = x.clone().requires_grad_(True)
+    total, parts = objective.generator_loss(sr, y)
+    metric = DISTS(files / "vgg16.pth", files / "dists.pt")
+    assert parts["dists"].item() == pytest.approx(metric(x, y).mean().item(), abs=1e-6)
+    assert total.item() == pytest.approx(0.5 * parts["dists"].item())
+    total.backward()
+    assert sr.grad is not None and sr.grad.abs().sum() > 0
+    assert all(p.grad is None for p in objective.terms["dists"].parameters())
+    assert objective.generator_loss(y, y)[1]["dists"].abs().item() < 1e-5
