@@ -120,4 +120,4 @@ def test_early_stop_state_round_trip():
     validate(stop, {100: 30.0, 200: 31.0})
     clone = EarlyStopping(STOP)
     clone.load_state_dict(stop.state_dict())
-    assert (clone.best_psnr, clone.best_iter, clone.should_stop) == (31.0, 200, False)
+    assert (clone.best_value, clone.best_iter, clone.should_stop) == (31.0, 200, False)

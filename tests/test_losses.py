@@ -108,8 +108,11 @@ def test_perceptual_loss_loads_weights_and_backpropagates(vgg_weights, filename)
     assert all(p.grad is None for p in loss_fn.parameters())
 
 
-def test_perceptual_loss_errors(vgg_weights, tmp_path):
-    with pytest.raises(UserError, match="perceptual loss needs VGG19 weights: set .*weights_path=FILE"):
+def test_perceptual_loss_errors(vgg_weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZEROSR_CACHE", str(tmp_path / "cache"))  # empty; the index points nowhere
+    (tmp_path / "index.json").write_text('{"vgg19": {"url": "http://127.0.0.1:9/vgg19.pth"}}')
+    monkeypatch.setenv("ZEROSR_WEIGHTS_INDEX", str(tmp_path / "index.json"))
+    with pytest.raises(UserError, match="vgg19-dcbb9e9d.pth .* cannot be downloaded"):
         PerceptualLoss()
     with pytest.raises(UserError, match="does not exist"):
         PerceptualLoss(tmp_path / "nope.pth")

@@ -147,11 +147,14 @@ def test_ctrl_c_saves_state_and_resume_auto_finishes(data, tmp_path):
     assert (run_dir / "training_state" / f"state_{interrupted_at + 2:08d}.pt").exists()
 
 
-def test_perceptual_loss_without_weights_is_a_clear_error():
+def test_perceptual_loss_without_weights_is_a_clear_error(tmp_path, monkeypatch):
     from zerosr.engine.objective import build_objective
     from zerosr.errors import UserError
 
-    with pytest.raises(UserError, match="VGG19"):
+    monkeypatch.setenv("ZEROSR_CACHE", str(tmp_path))
+    (tmp_path / "index.json").write_text('{"vgg19": {"url": "http://127.0.0.1:9/vgg19.pth"}}')
+    monkeypatch.setenv("ZEROSR_WEIGHTS_INDEX", str(tmp_path / "index.json"))
+    with pytest.raises(UserError, match="vgg19-dcbb9e9d.pth"):
         build_objective([{"_target_": "zerosr.losses.PerceptualLoss", "weight": 0.1}], torch.device("cpu"), 1e-3)
 
 

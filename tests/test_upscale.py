@@ -256,13 +256,14 @@ def test_evaluate_gives_the_runs_own_validation_psnr(tmp_path):
     best = max(logged)
     assert abs(logged[0] - logged[1]) > 0.02  # the check below could tell the two models apart
 
-    result = command("evaluate", run_dir, "--hr", val_hr, "--lr", val_lr, "--json")
+    # The run was trained in-process (no resolved_config.yaml naming its val metrics): PSNR/SSIM asked for.
+    result = command("evaluate", run_dir, "--hr", val_hr, "--lr", val_lr, "--json", "--metrics", "psnr,ssim")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert len(report["images"]) == 2
     assert abs(report["mean"]["psnr"] - best) < 0.01
 
-    table = command("evaluate", run_dir, "--hr", val_hr, "--save", tmp_path / "saved")
+    table = command("evaluate", run_dir, "--hr", val_hr, "--save", tmp_path / "saved", "--metrics", "psnr,ssim")
     assert table.returncode == 0 and "mean" in table.stdout and "bicubic PSNR" in table.stdout
     assert {p.name for p in (tmp_path / "saved").iterdir()} >= {"img0_sr.png", "img0_compare.png"}
 

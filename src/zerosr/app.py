@@ -25,7 +25,7 @@ def run_dir_of(cfg: DictConfig) -> Path:
 
 
 def run(cfg: DictConfig) -> float:
-    """Returns the best validation PSNR, the value sweepers maximise."""
+    """Returns the best value of the selection metric (`train.select_metric`), what sweepers optimise."""
     cfg = settle_tier(cfg)  # this machine's tier, also when a launcher composed elsewhere
     validate(cfg)
     arm_kill_points(cfg.debug.kill_at)  # debug.kill_at: SIGKILL at chosen points (fault tests)

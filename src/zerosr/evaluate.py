@@ -1,9 +1,11 @@
 """Measure a trained model on a test set, as training validation does.
 
-    python -m zerosr.evaluate MODEL --hr HR [--lr LR] [--json] [--save DIR] [--tile N]
+    python -m zerosr.evaluate MODEL --hr HR [--lr LR] [--json] [--save DIR] [--tile N] [--metrics psnr,ssim,lpips,dists]
 
-PSNR and SSIM on the Y channel with `scale` border pixels cropped, per image and as the mean,
-beside MATLAB-bicubic upscaling. Without --lr the LR images are made from HR by the same
+PSNR and SSIM on the Y channel with `scale` border pixels cropped, LPIPS and DISTS on the whole
+RGB image, per image and as the mean, beside MATLAB-bicubic upscaling. `--metrics` picks them;
+by default a run directory's own `train.val_metrics`, else psnr, ssim, lpips and dists (their
+networks' weights come through `zerosr.pretrained`). Without --lr the LR images are made from HR by the same
 MATLAB-style bicubic as training. The images, the scores and the forward are validation's own
 (`engine.validation`, `engine.tiling`), in fp32 as validation runs, so a run's best model scores
 here what its validation logged for the same images.
@@ -71,22 +73,24 @@ def _check_scale(pair: tuple[Path, Path] | None, scale: int) -> None:
         )
 
 
-def evaluate(pairs: list, scale: int, upscaler, save: Path | None, hr_root: Path) -> list[dict]:
-    """Per-image PSNR/SSIM of the model and of bicubic; writes SR images and strips under `save`."""
+def evaluate(pairs: list, scale: int, upscaler, save: Path | None, hr_root: Path, scorer=None) -> list[dict]:
+    """Per-image scores (`scorer`'s metrics, PSNR/SSIM by default) of the model and of bicubic;
+    writes SR images and strips under `save`."""
     from zerosr.data.datasets import PairedImageDataset
-    from zerosr.engine.validation import bicubic_upscale, score, validation_items
+    from zerosr.engine.validation import bicubic_upscale, validation_items
+    from zerosr.metrics.scorer import Scorer
     from zerosr.report.images import save_comparison, save_image
 
+    scorer = scorer or Scorer()
     dataset = PairedImageDataset(pairs, scale)
     rows = []
     for index, _, lq, gt in validation_items(dataset, scale):
         sr = upscaler.upscale_tensor(lq)
-        psnr, ssim = score(sr[0], gt[0], scale)
-        bicubic_psnr, bicubic_ssim = score(bicubic_upscale(lq, scale)[0], gt[0], scale)
+        model = scorer(sr[0], gt[0], scale)
+        bicubic = scorer(bicubic_upscale(lq, scale)[0], gt[0], scale)
         source = pairs[index][0]
         name = source.stem if hr_root.is_file() else source.relative_to(hr_root).with_suffix("").as_posix()
-        rows.append({"image": name, "psnr": psnr, "ssim": ssim,
-                     "bicubic_psnr": bicubic_psnr, "bicubic_ssim": bicubic_ssim})
+        rows.append({"image": name, **model, **{f"bicubic_{k}": v for k, v in bicubic.items()}})
         if save is not None:
             save_image(sr[0], save / f"{name}_sr.png")
             save_comparison(lq[0], sr[0], gt[0], save / f"{name}_compare.png", scale)
@@ -94,8 +98,7 @@ def evaluate(pairs: list, scale: int, upscaler, save: Path | None, hr_root: Path
 
 
 def _mean(rows: list[dict]) -> dict:
-    keys = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
-    return {key: sum(row[key] for row in rows) / len(rows) for key in keys}
+    return {key: sum(row[key] for row in rows) / len(rows) for key in rows[0] if key != "image"}
 
 
 def _finite(value: float) -> float | None:
@@ -103,14 +106,36 @@ def _finite(value: float) -> float | None:
 
 
 def table(rows: list[dict], mean: dict) -> str:
+    from zerosr.metrics.catalog import METRICS
+
     width = max(len("mean"), *(len(row["image"]) for row in rows))
-    lines = [f"{'image':<{width}}  {'PSNR':>7}  {'SSIM':>6}  {'bicubic PSNR':>12}  {'bicubic SSIM':>12}"]
+    names = [n for n in METRICS if n in mean]
+    columns = [(n, METRICS[n].label) for n in names] + [(f"bicubic_{n}", f"bicubic {METRICS[n].label}") for n in names]
+    widths = [max(len(label), 7) for _, label in columns]
+    lines = [f"{'image':<{width}}  " + "  ".join(f"{label:>{w}}" for (_, label), w in zip(columns, widths))]
     for row in [*rows, {"image": "mean", **mean}]:
         if row["image"] == "mean":
             lines.append("-" * len(lines[0]))
-        lines.append(f"{row['image']:<{width}}  {row['psnr']:7.2f}  {row['ssim']:6.4f}  "
-                     f"{row['bicubic_psnr']:12.2f}  {row['bicubic_ssim']:12.4f}")
+        cells = [f"{row[key]:>{w}{'.2f' if key.endswith('psnr') else '.4f'}}" for (key, _), w in zip(columns, widths)]
+        lines.append(f"{row['image']:<{width}}  " + "  ".join(cells))
     return "\n".join(lines)
+
+
+def _metric_names(given: str | None, model: Path) -> list[str]:
+    """--metrics, else a run directory's train.val_metrics, else all but LPIPS-VGG; PSNR and SSIM always."""
+    from zerosr.metrics.catalog import check_names, computed
+
+    if given:
+        names = check_names([n.strip() for n in given.split(",") if n.strip()], "--metrics")
+    elif (model / "resolved_config.yaml").is_file():
+        import yaml
+
+        train = (yaml.safe_load((model / "resolved_config.yaml").read_text()) or {}).get("train") or {}
+        names = check_names(train.get("val_metrics") or [], "the run's train.val_metrics")
+        names.append(str(train.get("select_metric") or "psnr"))
+    else:
+        names = ["lpips", "dists"]
+    return computed(names, "psnr")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,7 +160,10 @@ def run(args: argparse.Namespace) -> int:
     scale = int(model.scale)
     pairs = _pairs(hr, lr, scale)
     upscaler = Upscaler(model, device, tile=args.tile, low_precision=False)  # fp32, as validation
-    rows = evaluate(pairs, scale, upscaler, save, hr)
+    from zerosr.metrics.scorer import Scorer
+
+    scorer = Scorer(_metric_names(args.metrics, Path(args.model)), device)
+    rows = evaluate(pairs, scale, upscaler, save, hr, scorer)
     mean = _mean(rows)
     if args.json:
         report = {"model": str(weights), "arch": model.arch_name, "scale": scale,
@@ -156,13 +184,15 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m zerosr.evaluate",
-        description="PSNR/SSIM of a trained model on HR (and optional LR) images, beside bicubic.",
+        description="PSNR/SSIM/LPIPS/DISTS of a trained model on HR (and optional LR) images, beside bicubic.",
     )
     parser.add_argument("model", help="weights (.safetensors from zerosr, traiNNer .pth) or a run directory")
     parser.add_argument("--hr", required=True, help="folder of HR (ground truth) images, read recursively")
     parser.add_argument("--lr", help="folder of matching LR images (default: bicubic from HR, as training)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--save", help="write the SR images and bicubic | SR | HR strips to this folder")
+    parser.add_argument("--metrics", help="comma-separated, from psnr, ssim, lpips, lpips_vgg, dists (default: a "
+                        "run directory's train.val_metrics, else psnr,ssim,lpips,dists)")
     parser.add_argument("--tile", type=int, help="tile size in LR pixels (default: from free memory; 0: whole images)")
     args = parser.parse_args(argv)
     try:

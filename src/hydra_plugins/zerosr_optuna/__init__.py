@@ -52,7 +52,7 @@ class _NonFiniteFails:
             if ret.status == JobStatus.COMPLETED and not _finite(ret._return_value):
                 value = ret._return_value
                 ret.status = JobStatus.FAILED
-                ret.return_value = ValueError(f"the trial returned {value} (no validation PSNR: a dry run, "
+                ret.return_value = ValueError(f"the trial returned {value} (no validation: a dry run, "
                                               "or the run diverged)")
         return returns
 

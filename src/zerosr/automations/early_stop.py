@@ -1,16 +1,18 @@
-"""Early stopping on validation PSNR, with patience counted in iterations (not validations).
+"""Early stopping on the selection metric (`train.select_metric`; PSNR for pixel losses), with
+patience counted in iterations (not validations).
 
-A validation improves when its PSNR beats the best by more than `min_delta` dB. The run stops at
-the first validation at or after `min_iter` that comes `patience` iterations or more after the
-best one. `best_iter` is where the best weights were seen (the loop keeps them as best.safetensors).
+A validation improves when it beats the best by more than `min_delta` (in the metric's units: dB
+for PSNR). The run stops at the first validation at or after `min_iter` that comes `patience`
+iterations or more after the best one. `best_iter` is where the best weights were seen (the loop
+keeps them as best.safetensors).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 from zerosr.automations.base import Automation, Decision, is_finite, param
+from zerosr.metrics.catalog import METRICS, Metric
 
 
 def should_stop(iteration: int, best_iter: int, patience: int, min_iter: int) -> bool:
@@ -19,27 +21,28 @@ def should_stop(iteration: int, best_iter: int, patience: int, min_iter: int) ->
 
 class EarlyStopping(Automation):
     name = "early_stop"
-    STATE = ("best_psnr", "best_iter", "should_stop")
+    STATE = ("best_value", "best_iter", "should_stop")
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, select: Metric = METRICS["psnr"]):
         super().__init__(param(cfg, "enabled", True))
+        self.select = select
         self.patience = int(param(cfg, "patience"))
-        self.min_delta = float(param(cfg, "min_delta", 0.01))
+        self.min_delta = float(param(cfg, "min_delta", select.min_delta))
         self.min_iter = int(param(cfg, "min_iter", 0))
-        self.best_psnr = -math.inf
+        self.best_value = select.worst
         self.best_iter = 0
         self.should_stop = False
 
     def on_validation(self, iteration: int, metrics: Mapping[str, float]) -> list[Decision]:
-        psnr = metrics.get("val/psnr")
-        if is_finite(psnr) and float(psnr) > self.best_psnr + self.min_delta:
-            self.best_psnr, self.best_iter = float(psnr), int(iteration)
+        value, select = metrics.get(self.select.key), self.select
+        if is_finite(value) and select.better(float(value), self.best_value, self.min_delta):
+            self.best_value, self.best_iter = float(value), int(iteration)
             return []
         if not self.enabled or self.should_stop or not should_stop(iteration, self.best_iter,
                                                                    self.patience, self.min_iter):
             return []
         self.should_stop = True
-        return [self.decision(iteration, f"validation PSNR has not beaten {self.best_psnr:.2f} dB "
-                              f"(+{self.min_delta:g} dB) since iteration {self.best_iter}: "
+        return [self.decision(iteration, f"validation {select.label} has not beaten {select.show(self.best_value)} "
+                              f"(by {self.min_delta:g}) since iteration {self.best_iter}: "
                               f"{iteration - self.best_iter} iterations >= patience {self.patience}",
                               should_stop=(False, True))]

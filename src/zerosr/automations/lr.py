@@ -7,8 +7,9 @@ cool-down that ends the run.
 - plateau: for `plateau_patience` iterations no window of steps had a mean training loss
   significantly below the best window's (by `PLATEAU_Z` standard errors of the difference, and by
   `improvement_threshold` relative: smaller gains are what batch noise gives) while validation
-  PSNR did not improve either, or validation PSNR has not improved by the same relative fall of
-  the error (`psnr_margin_db`: 0.0043 dB for 1e-3) for two validations and `plateau_patience`
+  the selection metric (`train.select_metric`, PSNR for pixel losses) did not improve either, or it
+  has not improved by the same relative fall of the error it measures
+  (`Metric.error_margin`: 0.0043 dB of PSNR for 1e-3) for two validations and `plateau_patience`
   iterations -> factor * reduce_factor. The held-out images outrank the training loss: while
   PSNR still rises the network still learns at this LR, however flat the loss looks (measured:
   cuts on the loss alone put a 6000-iteration run at its floor LR by iteration 2400 while PSNR
@@ -50,6 +51,7 @@ from zerosr.automations.base import Automation, Decision, is_finite, param
 from zerosr.automations.schedule import scheduled_lr
 from zerosr.bounds import clamp
 from zerosr.errors import UserError
+from zerosr.metrics.catalog import METRICS, Metric
 
 # The LR finder may move the base LR at most this far from the preset: a noisy curve must not
 # turn a 2e-4 preset into 1e-1.
@@ -57,9 +59,9 @@ FINDER_BOUNDS = (0.1, 10.0)
 # Non-finite steps: this many within this many iterations means the weights, not one batch, are bad.
 NONFINITE_LIMIT = 3
 NONFINITE_WINDOW = 100
-# Validations in a row without a better PSNR before they count as a plateau: one noisy
+# Validations in a row without a better selection metric before they count as a plateau: one noisy
 # validation is not a plateau.
-PSNR_MISSES_FOR_PLATEAU = 2
+VAL_MISSES_FOR_PLATEAU = 2
 # Steps whose median loss is the untrained network's level: a smoothed loss far above it means
 # weights worse than untrained.
 START_STEPS = 5
@@ -91,18 +93,6 @@ def warmup_ramp(iteration: int, warmup_iter: int) -> float:
         return 1.0
     return min(1.0, max(iteration, 1) / warmup_iter)
 
-
-
-def psnr_margin_db(rel_threshold: float) -> float:
-    """The PSNR gain that is the same progress as a `rel_threshold` relative fall of the error:
-    PSNR is a log of the error, so a relative threshold on the PSNR itself (0.03 dB at 30 dB for
-    1e-3) would take the slow late gains of a long run (0.005 dB per validation) for a plateau."""
-    return math.inf if rel_threshold >= 1 else -10.0 * math.log10(1.0 - rel_threshold)
-
-
-def psnr_improved(psnr: float, best: float | None, rel_threshold: float) -> bool:
-    """True when `psnr` beats `best` by more than `psnr_margin_db(rel_threshold)` (any beats None)."""
-    return best is None or psnr > best + psnr_margin_db(rel_threshold)
 
 
 def significant_gain(best, window, rel_threshold: float, z: float = PLATEAU_Z) -> bool:
@@ -143,11 +133,12 @@ def sqrt_batch_scale(old_batch: int, new_batch: int) -> float:
 class LRController(Automation):
     name = "lr"
     STATE = ("base_lr", "factor", "warmup_from", "smoothed", "best_loss", "start_losses", "window_sum", "window_sum_sq", "window_n",
-             "best_window", "last_loss_improvement", "best_psnr", "last_psnr_improvement", "psnr_misses", "hold_until", "steps_seen",
+             "best_window", "last_loss_improvement", "best_val", "last_val_improvement", "val_misses", "hold_until", "steps_seen",
              "nonfinite_iters", "rollbacks", "rollback_pending", "give_up", "cut")
 
-    def __init__(self, cfg, base_lr: float, total_iter: int, warmup_iter: int):
+    def __init__(self, cfg, base_lr: float, total_iter: int, warmup_iter: int, select: Metric = METRICS["psnr"]):
         super().__init__(param(cfg, "enabled", True))
+        self.select = select  # the validation signal: train.select_metric
         self.total_iter, self.warmup_iter = int(total_iter), int(warmup_iter)
         self.patience = int(param(cfg, "plateau_patience"))
         self.reduce_factor = float(param(cfg, "reduce_factor", 0.5))
@@ -179,9 +170,9 @@ class LRController(Automation):
         self.window_n = 0
         self.best_window: list[float] | None = None
         self.last_loss_improvement = 0
-        self.best_psnr: float | None = None
-        self.last_psnr_improvement = 0
-        self.psnr_misses = 0
+        self.best_val: float | None = None
+        self.last_val_improvement = 0
+        self.val_misses = 0
         self.hold_until = 0
         self.steps_seen = 0
         self.nonfinite_iters: list[int] = []
@@ -296,30 +287,30 @@ class LRController(Automation):
             return []
         stalled = iteration - self.last_loss_improvement
         if (iteration <= self.warmup_iter or stalled < self.patience or self.cooling_down(iteration)
-                or self.psnr_rising(iteration)):
+                or self.val_rising(iteration)):
             return []
         (best, best_se), (mean, se) = self.best_window, window
         return self._reduce(iteration, f"plateau: no window's mean loss significantly below the best "
                             f"{best:.4g} +- {best_se:.2g} for {stalled} iterations (now {mean:.4g} +- {se:.2g})")
 
-    def psnr_rising(self, iteration: int) -> bool:
-        """Validation PSNR improved within the last `plateau_patience` iterations."""
-        return self.best_psnr is not None and iteration - self.last_psnr_improvement < self.patience
+    def val_rising(self, iteration: int) -> bool:
+        """The selection metric improved within the last `plateau_patience` iterations."""
+        return self.best_val is not None and iteration - self.last_val_improvement < self.patience
 
     def on_validation(self, iteration: int, metrics: Mapping[str, float]) -> list[Decision]:
-        psnr = metrics.get("val/psnr")
-        if not self.enabled or not is_finite(psnr):
+        value = metrics.get(self.select.key)
+        if not self.enabled or not is_finite(value):
             return []
-        psnr = float(psnr)
-        if psnr_improved(psnr, self.best_psnr, self.threshold):
-            self.best_psnr, self.last_psnr_improvement, self.psnr_misses = psnr, iteration, 0
+        value, select = float(value), self.select
+        if self.best_val is None or select.better(value, self.best_val, select.error_margin(self.best_val, self.threshold)):
+            self.best_val, self.last_val_improvement, self.val_misses = value, iteration, 0
             return []
-        self.psnr_misses += 1
-        stalled = iteration - self.last_psnr_improvement
+        self.val_misses += 1
+        stalled = iteration - self.last_val_improvement
         if (iteration > self.warmup_iter and iteration >= self.hold_until and not self.cooling_down(iteration)
-                and self.psnr_misses >= PSNR_MISSES_FOR_PLATEAU and stalled >= self.patience):
-            return self._reduce(iteration, f"plateau: validation PSNR {psnr:.2f} dB has not beaten "
-                                f"{self.best_psnr:.2f} dB for {stalled} iterations ({self.psnr_misses} validations)")
+                and self.val_misses >= VAL_MISSES_FOR_PLATEAU and stalled >= self.patience):
+            return self._reduce(iteration, f"plateau: validation {select.label} {select.show(value)} has not beaten "
+                                f"{select.show(self.best_val)} for {stalled} iterations ({self.val_misses} validations)")
         return []
 
     def on_nonfinite(self, iteration: int) -> list[Decision]:
@@ -366,8 +357,8 @@ class LRController(Automation):
     def _reduce(self, iteration: int, reason: str, hold: bool = False) -> list[Decision]:
         # Every reduction restarts the plateau clocks: the next one needs a fresh `patience`.
         self.best_window, self.window_sum, self.window_sum_sq, self.window_n = None, 0.0, 0.0, 0
-        self.last_loss_improvement = self.last_psnr_improvement = iteration
-        self.psnr_misses = 0
+        self.last_loss_improvement = self.last_val_improvement = iteration
+        self.val_misses = 0
         if hold:
             self.hold_until = iteration + self.blowup_hold
         return self._set_factor(iteration, self.factor * self.reduce_factor, reason)

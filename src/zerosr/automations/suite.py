@@ -15,6 +15,7 @@ from zerosr.automations.clip import AutoClip
 from zerosr.automations.early_stop import EarlyStopping
 from zerosr.automations.loss_schedule import LossSchedule
 from zerosr.automations.lr import LRController
+from zerosr.metrics.catalog import METRICS, Metric
 
 
 class Automations:
@@ -76,7 +77,8 @@ class Automations:
 
 def build_automations(cfg, *, base_lr: float, total_iter: int, warmup_iter: int, batch_size: int,
                       base_weights: Mapping[str, float], user_set: Iterable[str] = frozenset(),
-                      gan_name: str | None = None, total_memory: int | None = None) -> Automations:
+                      gan_name: str | None = None, total_memory: int | None = None,
+                      select: Metric = METRICS["psnr"]) -> Automations:
     """Every automation from the `automation` config node; the master `enabled=false` turns all
     off (each then gives the plain-training behaviour: fixed schedule, fixed batch, no clipping,
     no early stop, fixed loss weights)."""
@@ -90,10 +92,10 @@ def build_automations(cfg, *, base_lr: float, total_iter: int, warmup_iter: int,
 
     analysis = node("dataset_analysis")
     return Automations(
-        lr=LRController(node("lr"), base_lr, total_iter, warmup_iter),
+        lr=LRController(node("lr"), base_lr, total_iter, warmup_iter, select),
         batch=BatchController(node("batch"), batch_size, total_memory),
         clip=AutoClip(node("clip")),
-        early_stop=EarlyStopping(node("early_stop")),
+        early_stop=EarlyStopping(node("early_stop"), select),
         loss_schedule=LossSchedule(node("loss_schedule"), base_weights, total_iter, user_set, gan_name),
         analyse_batches=int(analysis["batches"]) if analysis["enabled"] else 0,
     )

@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 
 from zerosr.config import derive
 from zerosr.detect import compile_for, loader_workers, precision_for, probe
+from zerosr.metrics import catalog
 
 
 def job_dir(num, overrides: str = "", limit: int = 120) -> str:
@@ -36,6 +37,10 @@ _RULES = {
     "early_stop_min_iter": derive.early_stop_min_iter,
     "gan_delay": derive.gan_delay,
     "analysis_batches": derive.analysis_batches,
+    "val_metrics": catalog.val_metrics,
+    "select_metric": catalog.select_metric,
+    "early_stop_min_delta": catalog.early_stop_min_delta,
+    "sweep_direction": lambda name: catalog.metric(str(name)).direction,
     # Facts of this machine (the probe is cached, so these cost nothing after the first call).
     "precision": lambda no_gpu_default: precision_for(probe(), no_gpu_default),
     "compile": lambda wanted: compile_for(bool(wanted)),

@@ -109,7 +109,7 @@ class ClipAutomation:
 class EarlyStopAutomation:
     enabled: bool = True  # false: always run total_iter
     patience: int = MISSING  # iterations without a better validation PSNR
-    min_delta: float = 0.01  # dB a validation must gain to count as better
+    min_delta: float = 0.01  # the least gain of the selection metric that counts (its units: dB for PSNR)
     min_iter: int = MISSING  # never stop before this iteration
 
 
@@ -181,6 +181,9 @@ class TrainConfig:
     val_tile: int = 256  # LR pixels; larger validation images are run in tiles
     optimizer: dict[str, Any] = field(default_factory=dict)  # {_target_: ..., lr: ..., ...}
     losses: list[Any] = field(default_factory=list)  # [{_target_: ..., weight: W, ...}, ...]
+    val_metrics: list[str] = MISSING  # computed at validation (psnr, ssim always): psnr ssim lpips lpips_vgg dists
+    select_metric: str = MISSING  # picks the best model, drives early stop, LR plateaus and sweeps
+    weights_dir: str | None = None  # folder holding pretrained files (offline machines); see zerosr.pretrained
 
 
 @dataclass

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from zerosr.config.targets import check_loader, check_targets
 from zerosr.degradation_settings import DegradationSettings
 from zerosr.errors import UserError
+from zerosr.metrics import catalog
 from zerosr.report.wandb_log import LOGGERS, logger_names
 
 SCALES = (2, 3, 4, 8)
@@ -43,6 +44,8 @@ def validate(cfg: DictConfig) -> None:
              f"train.max_minutes={train.max_minutes} must be positive (or null for no time limit)")
     _require(train.val_tile >= 16, f"train.val_tile={train.val_tile} must be at least 16 (LR pixels)")
     _require(len(train.losses) > 0, "train.losses is empty: give at least one loss, e.g. the default Charbonnier")
+    catalog.check_names(train.val_metrics)
+    catalog.metric(train.select_metric)
     _require(cfg.hardware_tier.precision in PRECISIONS,
              f"hardware_tier.precision={cfg.hardware_tier.precision} is not one of {', '.join(PRECISIONS)}")
     check_loader(cfg.hardware_tier)

@@ -18,7 +18,7 @@ import psutil
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zerosr import archs
+from zerosr import archs, pretrained
 from zerosr.automations import build_automations
 from zerosr.automations.base import Decision
 from zerosr.config.user_set import user_set_keys
@@ -36,6 +36,7 @@ from zerosr.engine.data import BatchStream, build_data
 from zerosr.engine.learner import Learner
 from zerosr.engine.validation import Validator
 from zerosr.errors import UserError
+from zerosr.metrics import catalog
 from zerosr.report.logs import RunLogger
 from zerosr.report.progress import Progress
 from zerosr.report.summary import RunOutcome
@@ -63,6 +64,7 @@ class Trainer:
         train, tier = cfg.train, cfg.hardware_tier
         self.accelerator = accelerator = current_accelerator()
         seed_everything(train.seed, train.deterministic, accelerator.is_gpu)
+        pretrained.set_weights_dir(train.weights_dir)  # before a loss or metric reads a pretrained file
         self.device = accelerator.device
         self.learner = Learner(cfg, accelerator)
         self.sync = self.learner.sync
@@ -72,10 +74,12 @@ class Trainer:
                                   num_workers=tier.num_workers, pin_memory=tier.pin_memory and accelerator.kind == "cuda",
                                   prefetch_factor=tier.prefetch_factor, host=accelerator.host,
                                   degrade_device=self.device if accelerator.is_gpu else None)
+        self.select = catalog.metric(train.select_metric)  # the best model, early stop, LR plateaus, sweeps
         self.validator = Validator(self.data.val, cfg.scale, train.val_tile, self.device,
                                    self.run_dir / "visualization", free_memory=accelerator.free_cache,
                                    inject_oom=lambda: self.learner.injection.fire("validation"),
-                                   host=accelerator.host)
+                                   host=accelerator.host,
+                                   metrics=catalog.computed(train.val_metrics, self.select.name))
         self.logger = RunLogger(self.run_dir, enabled=distributed.is_main(),  # rank 0 writes the logs
                                 wandb="wandb" in logger_names(cfg.logger))
         gan = self.learner.objective.gan
@@ -84,7 +88,7 @@ class Trainer:
             warmup_iter=train.warmup_iter, batch_size=train.batch_size,
             base_weights=self.learner.objective.base_weights, user_set=user_set_keys("automation.loss_schedule"),
             gan_name=gan.name if gan is not None else None,
-            total_memory=accelerator.total_memory())
+            total_memory=accelerator.total_memory(), select=self.select)
         # Read once: the step runs thousands of times and must not touch the config.
         self.grad_accum = int(train.grad_accum)
         self.inject_nan_at = set(cfg.debug.inject_nan_at)  # debug.inject_oom_at: see learner.injection
@@ -93,7 +97,8 @@ class Trainer:
         self.loop_began_at = 0  # the iteration this process's loop started from
         self.lr = 0.0
         self.iteration = 0
-        self.best = {"psnr": -math.inf, "ssim": 0.0, "iter": 0}
+        # The best validation by the selection metric: its value, iteration and all its metrics.
+        self.best = {"metric": self.select.name, "value": self.select.worst, "iter": 0, "metrics": {}}
         self.last_val: dict[str, float] = {}
         self.decisions: list[Decision] = []
         self.faults = {"nonfinite_skipped": 0, "rollbacks": 0, "oom_retried": 0}
@@ -142,11 +147,18 @@ class Trainer:
         self.stream.load_state_dict(state["data"])
         self.suite.load_state_dict(state["automations"])
         self.lr = float(state["lr"])
-        self.best = dict(state["best"])
+        self.best = self._saved_best(state["best"])
         self.faults = dict(state["faults"])
         self.stopped_early = bool(self.suite.early_stop.should_stop)
         restore_rng_state(state["rng"])
         self.apply_batch(self.stream.batch_size, int(state.get("lq_size", self.data.train.lq_size)))
+
+    def _saved_best(self, best: dict) -> dict:
+        """The saved best, if it was chosen by this run's selection metric; else the next validation
+        starts the comparison afresh (the weights in best.safetensors stay until one beats nothing)."""
+        if best.get("metric") == self.select.name:
+            return dict(best)
+        return {"metric": self.select.name, "value": self.select.worst, "iter": 0, "metrics": {}}
 
     def _resume_mismatch(self, state: dict) -> str | None:
         """What a saved state cannot be loaded into: other losses (a GAN added or removed among
@@ -373,11 +385,15 @@ class Trainer:
         self.last_val = metrics
         self.record(self.suite.on_validation(self.iteration, metrics))
         self.stopped_early = bool(self.suite.early_stop.should_stop)
-        if metrics["val/psnr"] > self.best["psnr"]:
-            self.best = {"psnr": metrics["val/psnr"], "ssim": metrics["val/ssim"], "iter": self.iteration}
+        value = metrics[self.select.key]
+        if math.isfinite(value) and self.select.better(value, self.best["value"]):
+            self.best = {"metric": self.select.name, "value": value, "iter": self.iteration,
+                         "metrics": {k: v for k, v in metrics.items() if k.startswith("val/")}}
             if distributed.is_main():
                 archs.save(learner.ema.module, self.run_dir / "models" / "best.safetensors",
-                           metadata={"iteration": str(self.iteration), "val_psnr": f"{metrics['val/psnr']:.4f}"})
+                           metadata={"iteration": str(self.iteration), "select_metric": self.select.name,
+                                     **{k.replace("/", "_"): f"{v:.6g}" for k, v in metrics.items()
+                                        if k.startswith("val/") and "bicubic" not in k}})
         return metrics
 
     def outcome(self, seconds: float, interrupted: bool, notes: list[str]) -> RunOutcome:

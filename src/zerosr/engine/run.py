@@ -1,6 +1,7 @@
 """The whole training run, top to bottom: build, resume or measure, loop, summarise.
 
-`train(cfg, run_dir)` returns the best validation PSNR (what a sweeper maximises).
+`train(cfg, run_dir)` returns the best value of the selection metric (`train.select_metric`:
+what a sweeper optimises, in the direction `hparams_search=optuna` takes from it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from zerosr.engine.preset_lr import settle_preset_lr
 from zerosr.engine.startup import analyse_dataset, find_lr, search_batch_size
 from zerosr.report.plots import write_plots
 from zerosr.report.progress import Progress
-from zerosr.report.summary import summary
+from zerosr.report.summary import summary, validation_line
 
 
 def _catch_ctrl_c(trainer: Trainer):
@@ -134,8 +135,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
                     trainer.log_step(it, stats)
                 if it % val_freq == 0 or last:
                     metrics = trainer.validate()
-                    progress.write(f"iter {it}: val PSNR {metrics['val/psnr']:.2f} dB, SSIM {metrics['val/ssim']:.4f} "
-                                   f"(bicubic {metrics['val/bicubic_psnr']:.2f} dB)")
+                    progress.write(f"iter {it}: {validation_line(metrics)}")
                 if trainer.stop_agreed:  # Ctrl+C on any rank, agreed at this step
                     interrupted = True
                     progress.write(f"interrupted at iteration {it}: saving the training state")
@@ -165,4 +165,4 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     if distributed.is_main():
         write_plots(run_dir)
     print(summary(trainer.outcome(time.perf_counter() - started, interrupted, notes)), flush=True)
-    return float(trainer.best["psnr"])
+    return float(trainer.best["value"])

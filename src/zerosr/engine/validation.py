@@ -1,4 +1,5 @@
-"""Validation: PSNR/SSIM on Y (border cropped by the scale) of the model and of bicubic upscaling.
+"""Validation: PSNR/SSIM on Y (border cropped by the scale), and LPIPS/DISTS when asked
+(`train.val_metrics`), of the model and of bicubic upscaling.
 
 Images larger than `tile` LR pixels run in tiles; an out-of-memory error halves the tile (down to
 a core of `MIN_CORE` pixels inside the overlap) and runs the image again. A few SR results and a
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from zerosr.data.degrade import resize_weights
 from zerosr.engine.tiling import DEFAULT_OVERLAP, tile_geometry, tiled_forward
 from zerosr.errors import UserError
 from zerosr.metrics import calculate_psnr, calculate_ssim, tensor_to_uint8
+from zerosr.metrics.scorer import Scorer
 from zerosr.report.images import save_comparison, save_image
 
 
@@ -53,11 +55,12 @@ class Validator:
     def __init__(self, dataset, scale: int, tile: int, device: torch.device, out_dir: Path,
                  images_to_save: int = 3, overlap: int = DEFAULT_OVERLAP,
                  free_memory: Callable[[], None] = lambda: None, inject_oom: Callable[[], None] = lambda: None,
-                 host: Callable[[], ContextManager] = contextlib.nullcontext):
+                 host: Callable[[], ContextManager] = contextlib.nullcontext, metrics: Sequence[str] = ("psnr", "ssim")):
         self.dataset, self.scale, self.tile, self.overlap = dataset, scale, tile, overlap
         self.device, self.out_dir, self.images_to_save = device, Path(out_dir), images_to_save
         self.free_memory, self.inject_oom = free_memory, inject_oom  # inject_oom: debug.inject_oom_at
         self.host = host  # scoring and saving run in host memory (the accelerator's `host`)
+        self.scorer = Scorer(metrics, device)  # perceptual networks on the validation device
         with host():
             self.baseline = self._bicubic_baseline()
 
@@ -92,11 +95,10 @@ class Validator:
     def _bicubic_baseline(self) -> dict[str, float]:
         scores, self.largest = [], (0, 0)  # the largest LR image (H, W): what `fit_tile` runs
         for _, _, lq, gt in self._items():  # on the CPU, in any run
-            scores.append(score(bicubic_upscale(lq, self.scale)[0], gt[0], self.scale))
+            scores.append(self.scorer(bicubic_upscale(lq, self.scale)[0], gt[0], self.scale))
             if lq.shape[-2] * lq.shape[-1] > self.largest[0] * self.largest[1]:
                 self.largest = tuple(lq.shape[-2:])
-        return {"val/bicubic_psnr": float(np.mean([s[0] for s in scores])),
-                "val/bicubic_ssim": float(np.mean([s[1] for s in scores]))}
+        return {f"val/bicubic_{name}": float(np.mean([s[name] for s in scores])) for name in self.scorer.names}
 
     @torch.no_grad()
     def fit_tile(self, model: torch.nn.Module, channels_last: bool = False) -> int:
@@ -118,7 +120,7 @@ class Validator:
     def __call__(self, model: torch.nn.Module, iteration: int, channels_last: bool = False) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        psnrs, ssims = [], []
+        scores = []
         folder = self.out_dir / f"{iteration:08d}"
         for index, name, lq, gt in self._items():
             lq = lq.to(self.device)
@@ -127,11 +129,10 @@ class Validator:
             sr = self._upscale(model, lq).float().clamp_(0, 1)
             with self.host():
                 sr = sr.cpu()
-                psnr, ssim = score(sr[0], gt[0], self.scale)
-                psnrs.append(psnr)
-                ssims.append(ssim)
+                scores.append(self.scorer(sr[0], gt[0], self.scale))
                 if index < self.images_to_save:
                     save_image(sr[0], folder / f"{name}_sr.png")
                     save_comparison(lq[0].cpu(), sr[0], gt[0], folder / f"{name}_compare.png", self.scale)
         model.train(was_training)
-        return {"val/psnr": float(np.mean(psnrs)), "val/ssim": float(np.mean(ssims)), **self.baseline}
+        means = {f"val/{name}": float(np.mean([s[name] for s in scores])) for name in self.scorer.names}
+        return {**means, **self.baseline}

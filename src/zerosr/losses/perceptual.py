@@ -1,10 +1,10 @@
 """Perceptual loss: distances between VGG19 feature maps of the SR and HR images.
 
-The VGG19 is defined here and never downloaded: its weights come from a local file, a plain state
-dict with torchvision's key names (`features.0.weight`, ..., `features.34.bias`), as .safetensors
-or as a .pth/.pt read with `torch.load(weights_only=True)`. To make one from torchvision:
-`torch.save(torchvision.models.vgg19(weights="IMAGENET1K_V1").state_dict(), "vgg19.pth")`
-(the `classifier.*` keys are ignored).
+The VGG19 is defined here; its weights are torchvision's ImageNet VGG19, fetched once through
+`zerosr.pretrained` (hash-checked, cached). `weights_path=FILE` takes another file instead: a plain
+state dict with torchvision's key names (`features.0.weight`, ..., `features.34.bias`), as
+.safetensors or as a .pth/.pt read with `torch.load(weights_only=True)` (`classifier.*` keys are
+ignored).
 
 Layer names follow the paper: `conv3_4` is the 4th convolution of block 3 before its ReLU,
 `relu3_4` after it. Only the layers up to the deepest one asked for are built.
@@ -12,23 +12,19 @@ Layer names follow the paper: `conv3_4` is the 4th convolution of block 3 before
 
 from __future__ import annotations
 
-import pickle
-import struct
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
+from zerosr import pretrained
 from zerosr.errors import UserError
 
 # Convolutions per block of VGG19 and their widths.
 _BLOCKS = ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512))
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-_HINT = "(a torchvision vgg19 state dict, .safetensors or .pth)"
 
 
 def vgg19_layer_names() -> list[str]:
@@ -95,19 +91,7 @@ class VGG19Features(nn.Module):
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"VGG19 weights file '{path}' does not exist: set weights_path=FILE {_HINT}")
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    # What torch.load raises on a file that is not a checkpoint depends on where the bytes go wrong.
-    except (SafetensorError, pickle.UnpicklingError, struct.error, OSError, RuntimeError, EOFError, ValueError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0]  # torch's messages span many lines
-        raise UserError(f"cannot read VGG19 weights '{path}' ({reason}): re-export the file {_HINT}") from err
-    if not isinstance(state, dict):
-        raise UserError(f"VGG19 weights '{path}' hold a {type(state).__name__}, not a state dict {_HINT}")
-    return state
+    return pretrained.read_state_dict(path, "VGG19 weights")
 
 
 _CRITERIA = {"l1": F.l1_loss, "l2": F.mse_loss}
@@ -123,8 +107,6 @@ class PerceptualLoss(nn.Module):
         criterion: str = "l1",
     ):
         super().__init__()
-        if not weights_path:
-            raise UserError(f"perceptual loss needs VGG19 weights: set its weights_path=FILE {_HINT}")
         if criterion not in _CRITERIA:
             raise UserError(f"perceptual loss criterion '{criterion}' is unknown: use one of {', '.join(_CRITERIA)}")
         if layer_weights is None:
@@ -138,7 +120,7 @@ class PerceptualLoss(nn.Module):
             raise UserError(f"unknown VGG19 layer(s) {unknown} in layer_weights: use names like conv3_4 or relu5_4")
         self.criterion = _CRITERIA[criterion]
         self.vgg = VGG19Features(last_layer=max(self.layer_weights, key=names.index))
-        self.vgg.load_weights(weights_path)
+        self.vgg.load_weights(weights_path or pretrained.path_of("vgg19"))
 
     def train(self, mode: bool = True) -> PerceptualLoss:
         super().train(mode)

@@ -13,8 +13,12 @@ the SSIM map, averaged over channels when not on Y.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # composing a config imports this package (the metric catalog): no torch there
+    import torch
 
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0  # on RGB in [0, 255]
 
@@ -86,5 +90,7 @@ def tensor_to_uint8(tensor: torch.Tensor) -> np.ndarray:
         tensor = tensor[0]
     if tensor.dim() != 3:
         raise ValueError(f"expected a CHW tensor, got shape {tuple(tensor.shape)}")
+    import torch
+
     array = tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
     return array.transpose(1, 2, 0)

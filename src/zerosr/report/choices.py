@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zerosr.detect import COMPILE_OFF_ON_WINDOWS, Hardware, generation, on_windows, tier_for
 from zerosr.losses import is_adversarial
+from zerosr.metrics import catalog
 
 
 def _hardware_line(hardware: Hardware) -> str:
@@ -60,6 +61,7 @@ def describe_choices(cfg: DictConfig, hardware: Hardware, user_set: Iterable[str
     ]
     if on_windows() and hardware.has_gpu and not tier.compile and "hardware_tier.compile" not in user_set:
         lines.append(f"compile      {COMPILE_OFF_ON_WINDOWS}")
+    lines += _selection_lines(cfg, user_set)
     lines += _automation_lines(auto)
     lines += _gan_line(cfg, user_set)
     shown = _user_values(cfg, user_set)
@@ -77,7 +79,7 @@ def _automation_lines(auto: DictConfig) -> list[str]:
         "batch": lambda a: f"batch: target VRAM {a.target_vram_usage}, margin {a.safety_margin}, re-check "
                            f"every {a.adjust_every}, max {a.max_batch_size}",
         "clip": lambda a: f"clip: p{a.percentile} of the last {a.history} gradient norms",
-        "early_stop": lambda a: f"early stop: patience {a.patience} iterations, min delta {a.min_delta} dB, "
+        "early_stop": lambda a: f"early stop: patience {a.patience} iterations, min delta {a.min_delta}, "
                                 f"not before {a.min_iter}",
         "loss_schedule": lambda a: f"loss schedule: momentum {a.momentum}, rate {a.adaptation_rate}, max "
                                    f"weight {a.max_weight}",
@@ -90,6 +92,19 @@ def _automation_lines(auto: DictConfig) -> list[str]:
         fixed = " (fixed batch, warm-up then cosine LR)" if "lr" in off and "batch" in off else ""
         lines.append("off: " + ", ".join(name.replace("_", " ") for name in off) + fixed)
     return [("automation   " if i == 0 else "             ") + line for i, line in enumerate(lines)]
+
+
+def _selection_lines(cfg: DictConfig, user_set: set[str]) -> list[str]:
+    """Which metric picks the best model (and drives early stop, LR plateaus, sweeps), and why."""
+    train = cfg.train
+    select = catalog.metric(train.select_metric)
+    losses = OmegaConf.to_container(train.losses, resolve=True)
+    why = "set by you" if "train.select_metric" in user_set else catalog.select_reason(losses)
+    better = "higher" if select.higher_is_better else "lower"
+    computed = catalog.computed(train.val_metrics, select.name)
+    source = "set by you" if "train.val_metrics" in user_set else "derived from train.losses"
+    return [f"select       {select.name} ({better} is better; {why}): best model, early stop, LR plateaus, sweeps",
+            f"val metrics  {', '.join(computed)} ({source}; train.val_metrics sets them)"]
 
 
 def _gan_line(cfg: DictConfig, user_set: set[str]) -> list[str]:

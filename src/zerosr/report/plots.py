@@ -1,4 +1,5 @@
-"""PNG plots of a run's metrics.jsonl: loss, PSNR, learning rate and batch size against iteration.
+"""PNG plots of a run's metrics.jsonl: loss, each validation metric (model and bicubic), learning
+rate and batch size against iteration.
 
 Figures are drawn with matplotlib's Agg canvas directly (no pyplot, no display, no global backend
 switch) and each PNG is replaced atomically, so a viewer never sees a half-written image.
@@ -10,6 +11,7 @@ import math
 from pathlib import Path
 
 from zerosr.atomic import atomic_save
+from zerosr.metrics.catalog import METRICS
 from zerosr.report.logs import METRICS_FILE, read_jsonl
 
 PLOTS_DIR = "plots"
@@ -18,7 +20,8 @@ Series = dict[str, tuple[list[float], list[float]]]
 
 
 def write_plots(run_dir: Path) -> list[Path]:
-    """Write RUN/plots/{loss,psnr,lr,batch_size}.png from RUN/metrics.jsonl; return those written.
+    """Write RUN/plots/{loss,psnr,ssim,lpips,dists,...,lr,batch_size}.png from RUN/metrics.jsonl
+    (one per validation metric the run computed); return those written.
 
     A plot whose metrics never appear is skipped (and an older PNG of it is left as it is).
     """
@@ -31,7 +34,9 @@ def write_plots(run_dir: Path) -> list[Path]:
     loss_keys = sorted({k for r in records for k in r if k == "loss" or k.startswith("loss/")})
     plots = [
         ("loss.png", "training loss", _collect(records, loss_keys), True, False),
-        ("psnr.png", "validation PSNR (dB)", _collect(records, ["val/psnr", "val/bicubic_psnr"]), False, False),
+        *((f"{m.name}.png", f"validation {m.label}" + (f" ({m.unit})" if m.unit else "")
+           + ("" if m.higher_is_better else ", lower is better"),
+           _collect(records, [m.key, f"val/bicubic_{m.name}"]), False, False) for m in METRICS.values()),
         ("lr.png", "learning rate", _collect(records, ["lr"]), True, False),
         ("batch_size.png", "batch size", _collect(records, ["batch_size"]), False, True),
     ]

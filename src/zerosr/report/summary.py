@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zerosr.metrics.catalog import METRICS
+
 
 @dataclass
 class RunOutcome:
@@ -15,7 +17,7 @@ class RunOutcome:
     iteration: int
     seconds: float
     last_val: dict[str, float]  # the last validation's metrics, {} if none ran
-    best: dict  # {"psnr", "ssim", "iter"} of the best validation
+    best: dict  # {"metric", "value", "iter", "metrics"} of the best validation by the selection metric
     automation_finals: dict[str, str]  # automation name -> where its value ended; {} when all are off
     decision_counts: dict[str, int]
     faults: dict[str, int]
@@ -42,6 +44,16 @@ def automation_lines(outcome: RunOutcome) -> list[str]:
     return lines
 
 
+def _values(metrics: dict[str, float], prefix: str) -> str:
+    return "  ".join(f"{m.label} {m.show(metrics[prefix + m.name])}" for m in METRICS.values()
+                     if prefix + m.name in metrics)
+
+
+def validation_line(metrics: dict[str, float]) -> str:
+    """`val PSNR 30.12 dB  SSIM 0.9001  DISTS 0.1234 (bicubic PSNR 29.00 dB ...)`."""
+    return f"val {_values(metrics, 'val/')} (bicubic {_values(metrics, 'val/bicubic_')})"
+
+
 def summary(outcome: RunOutcome) -> str:
     val, best = outcome.last_val, outcome.best
     minutes, secs = divmod(int(round(outcome.seconds)), 60)
@@ -50,20 +62,22 @@ def summary(outcome: RunOutcome) -> str:
         lines.append(f"interrupted at iteration {outcome.iteration}; resume with train.resume=auto "
                      f"hydra.run.dir={outcome.run_dir}")
     if outcome.stopped_early:
-        lines.append(f"stopped early at iteration {outcome.iteration}: no PSNR gain for "
+        label = METRICS[best["metric"]].label
+        lines.append(f"stopped early at iteration {outcome.iteration}: no {label} gain for "
                      f"{outcome.early_stop_patience} iterations")
     if outcome.time_up:
         lines.append(f"stopped      at iteration {outcome.iteration}: train.max_minutes={outcome.max_minutes} spent")
     if val:
         gain = val["val/psnr"] - val["val/bicubic_psnr"]
         lines += [
-            f"validation   model   PSNR {val['val/psnr']:.2f} dB  SSIM {val['val/ssim']:.4f}",
-            f"             bicubic PSNR {val['val/bicubic_psnr']:.2f} dB  SSIM {val['val/bicubic_ssim']:.4f}"
-            f"  ({gain:+.2f} dB for the model)",
+            f"validation   model   {_values(val, 'val/')}",
+            f"             bicubic {_values(val, 'val/bicubic_')}  ({gain:+.2f} dB PSNR for the model)",
         ]
     if best["iter"]:
-        lines.append(f"best         {best['psnr']:.2f} dB at iteration {best['iter']}: "
-                     f"{outcome.run_dir / 'models' / 'best.safetensors'}")
+        metric = METRICS[best["metric"]]
+        others = _values({k: v for k, v in best["metrics"].items() if k != metric.key}, "val/")
+        lines.append(f"best         {metric.label} {metric.show(best['value'])} at iteration {best['iter']} "
+                     f"(selection metric; {others}): {outcome.run_dir / 'models' / 'best.safetensors'}")
     lines += automation_lines(outcome)
     if outcome.ranks:
         lines.append(f"ranks        {outcome.ranks}, the same weights on every rank at every save; "
