@@ -129,3 +129,52 @@ def test_compile_happens_once_after_the_search(card, data, tmp_path, monkeypatch
     assert searched["reason"].startswith("start-up search in")
     first = [r for r in records(run_dir, "metrics.jsonl") if "loss" in r][0]
     assert len(calls) >= 120 and calls[0][0] == first["batch_size"]  # traced for the chosen shape
+
+
+def test_an_fp16_gan_search_survives_oom_in_the_discriminator_and_in_the_scaler_step(card, data, tmp_path,  # noqa: F811
+                                                                                      monkeypatch):
+    # capability 7.5: fp16 with a GradScaler. The card runs out of memory for real (its total is
+    # lowered to what is in use) once inside the discriminator's step, after the generator's
+    # gradients were unscaled, and once inside `scaler.step` (Adam creating its state). Each
+    # failed probe must be recovered from; the next probe and the run's first step then work.
+    sim = card(1.0, capability=(7, 5))
+    trainer = Trainer(compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 400,
+                                                            "train.losses": GAN, "automation.batch.max_batch_size": 8,
+                                                            "automation.loss_schedule.gan_delay": 0})),
+                      tmp_path / "run")
+    learner = trainer.learner
+    assert learner.precision.name == "fp16" and learner.precision.scaler.is_enabled()
+    full, fired, recovered = sim.total, [], []
+
+    def run_out(point):
+        def hook(*_args):
+            if point not in fired and len(fired) == ["discriminator", "scaler.step"].index(point):
+                fired.append(point)
+                sim.total = sim.allocated + 1024  # the next allocation fails
+        return hook
+
+    discriminator = learner.objective.gan.discriminator
+    discriminator.register_forward_hook(run_out("discriminator"))
+    learner.optimizer.register_step_pre_hook(run_out("scaler.step"))
+    recover = Learner.recover_from_oom
+
+    def recover_and_count(self):
+        recovered.append(sim.total)
+        sim.total = full
+        recover(self)
+
+    monkeypatch.setattr(Learner, "recover_from_oom", recover_and_count)
+    try:
+        with sim.active():
+            batch, lq, decision = search_batch_size(learner, trainer.cfg, 8, 8, keep_lq_size=True)
+            assert fired == ["discriminator", "scaler.step"] and len(recovered) == 2
+            assert "probes" in decision.reason and batch >= 1
+            # Nothing of a failed probe is left: no unscaled mark, no gradients, the discriminator frozen.
+            assert all(not state for state in learner.precision.scaler._per_optimizer_states.values())
+            assert not any(p.requires_grad or p.grad is not None for p in discriminator.parameters())
+            assert all(p.grad is None for p in learner.module.parameters())
+            trainer.apply_batch(batch, lq)
+            stats = [trainer.step() for _ in range(2)]
+    finally:
+        trainer.close()
+    assert all(torch.isfinite(torch.tensor(s["loss"])) for s in stats)

@@ -127,6 +127,7 @@ class Learner:
         finally:
             self.forward, self.sync = forward, sync
             self.load_state_dict(saved)
+            self.clear_step()  # a probe that failed part-way leaves marks load_state_dict keeps
             torch.set_rng_state(rng)
             self.free_memory()
 
@@ -269,16 +270,22 @@ class Learner:
     def recover_from_oom(self) -> None:
         """After an out-of-memory error anywhere in a step (call it outside the `except` block): no
         gradients, the discriminator frozen again, no half-taken GradScaler step, the cache freed."""
+        self.clear_step()
+        self.free_memory()
+
+    def clear_step(self) -> None:
+        """Forget a step begun and not finished: no gradients, the discriminator frozen again, and
+        a GradScaler without its per-optimizer "already unscaled" marks (only `update()` clears
+        them, and `load_state_dict` keeps them), so the next `unscale_` does not refuse."""
         self.discard()
         gan = self.objective.gan
         if gan is not None:
             gan.discriminator.requires_grad_(False)  # its step turns them on, and may have failed inside
         scaler = self.precision.scaler
-        if scaler.is_enabled():  # a scaler that unscaled an optimizer refuses to again before update()
+        if scaler.is_enabled():
             fresh = torch.amp.GradScaler(self.device.type)
             fresh.load_state_dict(scaler.state_dict())
             self.precision.scaler = fresh
-        self.free_memory()
 
     def discard(self) -> None:
         """Drop the step's gradients (a skipped step, or one that failed part-way)."""

@@ -32,6 +32,19 @@ def _synthetic_step(learner: Learner, batch: int, lq_size: int, scale: int) -> f
     return learner.train_on(lq, gt, learner.optimizer.param_groups[0]["lr"])
 
 
+def probe_peak(learner: Learner, batch: int, lq_size: int, scale: int) -> int | None:
+    """Peak memory of `PROBE_STEPS` real iterations at (`batch`, `lq_size`). An out-of-memory error
+    anywhere in them (forward, backward, discriminator, optimizer) is recovered from as in
+    training, outside the `except` block (its traceback holds the failed step's tensors), then
+    raised again for the search to record."""
+    try:
+        return peak_memory_of(lambda: _synthetic_step(learner, batch, lq_size, scale), learner.accelerator)
+    except torch.OutOfMemoryError as error:
+        message = str(error)
+    learner.recover_from_oom()
+    raise torch.OutOfMemoryError(message)
+
+
 def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: int,
                       keep_lq_size: bool, largest_lq: int | None = None,
                       validator: Validator | None = None) -> tuple[int, int, Decision]:
@@ -67,7 +80,7 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
             total = accelerator.total_memory()
 
             def try_batch(size: int, lq: int) -> int | None:
-                return peak_memory_of(lambda: _synthetic_step(learner, size, lq, scale), accelerator)
+                return probe_peak(learner, size, lq, scale)
 
             lq_sizes = [s for s in lq_candidates(lq_size, preset.lq_size_min, preset.lq_size_max)
                         if s <= cfg.hardware_tier.max_lq_size and (largest_lq is None or s <= largest_lq)]
