@@ -178,3 +178,48 @@ def test_an_fp16_gan_search_survives_oom_in_the_discriminator_and_in_the_scaler_
     finally:
         trainer.close()
     assert all(torch.isfinite(torch.tensor(s["loss"])) for s in stats)
+
+
+def test_a_wsl2_like_machine_trains_on_the_card_only_torch_sees(data, tmp_path, monkeypatch, capsys):
+    # WSL2: NVML reports no GPU (no /proc/driver/nvidia), yet CUDA works. The tier, the memory
+    # target and the search must all read the card torch sees, the simulated one here.
+    import json
+
+    from zerosr.detect.hardware import FAKE_ENV, probe
+    from zerosr.engine import accelerator
+
+    spec = {"gpus": [], "gpus_without_nvml": [{"name": "WSL card", "vram_gb": 0.5, "compute_capability": [8, 6]}],
+            "cpu_cores": 2, "ram_gb": 16}
+    (tmp_path / "wsl.json").write_text(json.dumps(spec))
+    monkeypatch.setenv(FAKE_ENV, str(tmp_path / "wsl.json"))
+    monkeypatch.setenv("ZEROSR_SIMULATE_GPU", "1")
+    probe.cache_clear()
+    accelerator.current.cache_clear()
+    try:
+        cfg = compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 400,
+                                                    "automation.batch.max_batch_size": 4}))
+        assert cfg.hardware_tier.name != "cpu" and cfg.automation.batch.target_vram_usage is not None
+        trainer = Trainer(cfg, tmp_path / "run")
+        try:
+            with trainer.accelerator.active():
+                batch, _, decision = search_batch_size(trainer.learner, trainer.cfg, 2, 8, keep_lq_size=True)
+        finally:
+            trainer.close()
+    finally:
+        probe.cache_clear()
+        accelerator.current.cache_clear()
+    assert trainer.accelerator.is_gpu and trainer.accelerator.total_memory() == 2**29
+    assert decision.reason.startswith("start-up search in") and "WSL card (simulated)" in decision.reason
+    assert "NVML reports no GPU but torch sees 1 (WSL card" in capsys.readouterr().err
+
+
+def test_the_cpu_tier_named_on_a_gpu_times_the_search_instead_of_failing(card, data, tmp_path):  # noqa: F811
+    sim = card(0.5, capability=(8, 6))  # the cpu tier has no memory target
+    trainer = Trainer(compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 400,
+                                                            "hardware_tier": "cpu"})), tmp_path / "run")
+    try:
+        with sim.active():
+            _, _, decision = search_batch_size(trainer.learner, trainer.cfg, 2, 8, keep_lq_size=True)
+    finally:
+        trainer.close()
+    assert "measured samples/s" in decision.reason

@@ -28,10 +28,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from zerosr.detect.hardware import FAKE_ENV, probe
+from zerosr.detect.hardware import FAKE_ENV, SIMULATE_ENV, probe
 from zerosr.errors import UserError
-
-SIMULATE_ENV = "ZEROSR_SIMULATE_GPU"
 
 
 class CpuAccelerator:

@@ -57,7 +57,9 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
     the chosen pair and the decision that explains it; the caller applies them."""
     auto, preset, scale = cfg.automation.batch, cfg.arch.preset, int(cfg.scale)
     accelerator = learner.accelerator
-    if not accelerator.is_gpu and cfg.train.deterministic:
+    # By memory on a GPU with a memory target; a GPU under the cpu tier (no target) is timed.
+    by_memory = accelerator.is_gpu and auto.target_vram_usage is not None
+    if not by_memory and cfg.train.deterministic:
         # Timing differs between runs; a deterministic run must not depend on it.
         return batch, lq_size, Decision(0, "batch", {}, "train.deterministic: no timed search on the CPU, "
                                         f"the tier's batch {batch} is kept")
@@ -66,17 +68,17 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
     bound = share * total_iter
     # The least a search can do: on a GPU the first probe and one larger size; on the CPU its
     # three timed sizes (a warm-up and three timed steps each).
-    least = (PROBE_STEPS * 3 if accelerator.is_gpu
+    least = (PROBE_STEPS * 3 if by_memory
              else 4 * sum(c / batch for c in _cpu_candidates(batch, auto)))
     if bound < least:
-        fallback = ("an out-of-memory error would halve it, the memory watch adjusts it" if accelerator.is_gpu
+        fallback = ("an out-of-memory error would halve it, the memory watch adjusts it" if by_memory
                     else "no timing")
         return batch, lq_size, Decision(0, "batch", {}, (
             f"start-up search skipped: it would cost at least {least:.0f} steps, over {share:.0%} of this "
             f"{total_iter}-iteration run; the tier's batch {batch} is kept ({fallback})"))
     started = time.perf_counter()
     with learner.probing():
-        if accelerator.is_gpu:
+        if by_memory:
             total = accelerator.total_memory()
 
             def try_batch(size: int, lq: int) -> int | None:
