@@ -53,6 +53,18 @@ class CpuAccelerator:
     def bf16_supported(self) -> bool:
         return False
 
+    def low_precision_dtype(self) -> torch.dtype | None:
+        """What bf16/fp16 work runs in on this card: bf16 where the card has it natively
+        (compute capability 8.0 and up), else fp16; None (fp32) without a GPU. Training's
+        precision and inference's autocast both ask here."""
+        if not self.is_gpu:
+            return None
+        return torch.bfloat16 if self.bf16_supported() else torch.float16
+
+    def free_memory(self) -> int | None:
+        """Bytes free on the device now (None without a GPU)."""
+        return None
+
     def peak_bytes(self) -> int | None:
         """Peak allocated bytes since the last `reset_peak` (None: no readings on this device)."""
         return None
@@ -96,7 +108,12 @@ class CudaAccelerator(CpuAccelerator):
         return tuple(torch.cuda.get_device_capability(self.device))
 
     def bf16_supported(self) -> bool:
+        # Without `including_emulation=False` torch answers True on 7.x cards, which emulate bf16 slowly.
         return torch.cuda.is_bf16_supported(including_emulation=False)
+
+    def free_memory(self) -> int:
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(free)
 
     def peak_bytes(self) -> int:
         return int(torch.cuda.max_memory_allocated(self.device))
@@ -158,6 +175,9 @@ class SimulatedAccelerator(CpuAccelerator):
 
     def bf16_supported(self) -> bool:
         return self._capability >= (8, 0)
+
+    def free_memory(self) -> int:
+        return self.total - self.allocated
 
     def peak_bytes(self) -> int:
         return self.peak
