@@ -39,7 +39,8 @@ def test_precision_follows_compute_capability(fake_hardware):
     assert precision_for(probe(), "bf16") == "bf16"  # the tier's own default when no GPU is seen
 
 
-def test_loader_workers_from_cores(fake_hardware):
+def test_loader_workers_from_cores(fake_hardware, monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     fake_hardware(cpu_cores=2)
     assert loader_workers(probe(), cap=8) == 1
     assert loader_workers(probe(), cap=2, share=0.25) == 0  # cpu tier: the model needs both cores
@@ -49,7 +50,9 @@ def test_loader_workers_from_cores(fake_hardware):
     fake_hardware(cpu_cores=32)
     assert loader_workers(probe(), cap=8) == 8
     fake_hardware(gpus=[gpu(24.0)] * 4, cpu_cores=16)
-    assert loader_workers(probe(), cap=8) == 2  # cores are shared by one process per GPU
+    assert loader_workers(probe(), cap=8) == 8  # one process, on one of the four GPUs: every core is its
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun, one process per GPU: they share the cores
+    assert loader_workers(probe(), cap=8) == 2
 
 
 def test_no_driver_means_cpu_tier_without_asking_nvml(monkeypatch, capsys):

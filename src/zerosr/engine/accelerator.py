@@ -26,7 +26,7 @@ import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 from zerosr.detect.hardware import FAKE_ENV, SIMULATE_ENV, probe
 from zerosr.errors import UserError
@@ -130,6 +130,25 @@ class CudaAccelerator(CpuAccelerator):
         self.reset_peak()
 
 
+_MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default,
+            torch.ops.aten.baddbmm.default}
+
+
+def _tf32_allowed(func) -> bool:
+    """Whether a card of compute capability 8.0+ would run this fp32 operator in TF32 now."""
+    if func in _MATMULS:
+        return torch.backends.cuda.matmul.allow_tf32
+    return func is torch.ops.aten.convolution.default and torch.backends.cudnn.allow_tf32
+
+
+def _to_tf32(value):
+    """An fp32 tensor rounded to TF32's 10-bit mantissa (to nearest), as the card's tensor cores
+    read it; anything else unchanged."""
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
+        return value
+    return ((value.view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
+
+
 class _LiveStorage(TorchDispatchMode):
     """Counts the bytes of every live tensor storage an operator produced or read on this thread.
     A storage is counted once, from the first time it is seen until it is freed (a weak reference
@@ -140,6 +159,8 @@ class _LiveStorage(TorchDispatchMode):
         self.card = card
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.card.on_host and self.card._capability >= (8, 0) and _tf32_allowed(func):
+            args = tree_map(_to_tf32, args)  # as the card's tensor cores read fp32 operands
         out = func(*args, **(kwargs or {}))
         if self.card.on_host:
             return out
