@@ -101,7 +101,7 @@ def _probe_gpus() -> tuple[list[GPUInfo], list[str]]:
             count = int(pynvml.nvmlDeviceGetCount())
         except (pynvml.NVMLError, TypeError, ValueError) as exc:
             return [], [f"NVML could not count GPUs ({exc}): using the cpu tier"]
-        for index in _visible_indices(count, problems):
+        for index in _visible_indices(count, problems, lambda i: _uuid(pynvml, i)):
             gpus.append(_probe_one_gpu(pynvml, index, driver, problems))
     finally:
         try:
@@ -111,22 +111,40 @@ def _probe_gpus() -> tuple[list[GPUInfo], list[str]]:
     return gpus, problems
 
 
-def _visible_indices(count: int, problems: list[str]) -> list[int]:
-    """The NVML indices CUDA will use: CUDA_VISIBLE_DEVICES, when set, lists them (up to the first
-    invalid entry, as CUDA reads it). GPU UUIDs there cannot be matched cheaply: all are counted."""
+def _uuid(pynvml, index: int) -> str:
+    try:
+        raw = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(index))
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+    except (pynvml.NVMLError, AttributeError):
+        return ""
+
+
+def _visible_indices(count: int, problems: list[str], uuid=lambda index: "") -> list[int]:
+    """The NVML indices CUDA will use. NVML numbers GPUs in PCI bus order, CUDA by default fastest
+    first: `probe()` sets CUDA_DEVICE_ORDER=PCI_BUS_ID (when unset) so that both count alike.
+    CUDA_VISIBLE_DEVICES, when set, lists them by index or by UUID (or a UUID's prefix), up to the
+    first invalid entry, as CUDA reads it; MIG instances cannot be matched: all are counted."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return list(range(count))
+    if os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID") != "PCI_BUS_ID" and count > 1:
+        problems.append(f"CUDA_DEVICE_ORDER={os.environ['CUDA_DEVICE_ORDER']} numbers GPUs unlike NVML: "
+                        f"counting all {count}")
+        return list(range(count))
     indices: list[int] = []
     for entry in (part.strip() for part in visible.split(",")):
-        if not entry.lstrip("-").isdigit():
+        if entry.startswith("GPU-"):
+            matches = [i for i in range(count) if uuid(i).startswith(entry)]
+            index = matches[0] if len(matches) == 1 else -1
+        elif entry.lstrip("-").isdigit():
+            index = int(entry)
+        else:
             if entry:
-                problems.append(f"CUDA_VISIBLE_DEVICES={visible} names GPUs by UUID or MIG id: counting all {count}")
+                problems.append(f"CUDA_VISIBLE_DEVICES={visible} names GPUs by MIG id: counting all {count}")
                 return list(range(count))
             break
-        index = int(entry)
         if not 0 <= index < count or index in indices:
-            break  # CUDA stops at the first invalid index
+            break  # CUDA stops at the first invalid entry
         indices.append(index)
     return indices
 
@@ -264,6 +282,8 @@ def probe() -> Hardware:
     fake = os.environ.get(FAKE_ENV)
     if fake:
         return _fake_hardware(fake)
+    # CUDA then numbers the GPUs as NVML does (set before torch starts CUDA; inherited by torchrun's ranks).
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     gpus, problems = _probe_gpus()
     gpus = _nvml_missed(gpus, problems)
     physical, logical, ram, available, host_problems = _probe_host()
