@@ -223,3 +223,27 @@ def test_the_cpu_tier_named_on_a_gpu_times_the_search_instead_of_failing(card, d
     finally:
         trainer.close()
     assert "measured samples/s" in decision.reason
+
+
+def test_cudnn_autotunes_the_training_step_only(card, data, tmp_path):  # noqa: F811
+    # cuDNN's benchmark mode searches kernels (and grows its workspace) at every new shape: on for
+    # the training step's fixed shape, off for the probes' many batches and validation's images.
+    sim = card(1.0, capability=(8, 6))
+    trainer = Trainer(compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 400,
+                                                            "automation.batch.max_batch_size": 4})), tmp_path / "run")
+    seen = []
+    for module in (trainer.learner.module, trainer.learner.ema.module):  # validation runs the EMA
+        module.register_forward_hook(lambda *_: seen.append(torch.backends.cudnn.benchmark))
+    try:
+        with sim.active():
+            search_batch_size(trainer.learner, trainer.cfg, 2, 8, keep_lq_size=True)
+            probes, seen[:] = list(seen), []
+            trainer.step()
+            stepped, seen[:] = list(seen), []
+            trainer.validate()
+            validated = list(seen)
+    finally:
+        trainer.close()
+    assert probes and not any(probes)
+    assert stepped and all(stepped)
+    assert validated and not any(validated) and not torch.backends.cudnn.benchmark

@@ -62,6 +62,16 @@ def load_pretrain(model: torch.nn.Module, path: str, arch_name: str, scale: int)
     archs.load_weights(model, archs.read_weights(path, arch_name, int(scale), label=f"train.pretrain={path}"))
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(enabled: bool):
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 class Learner:
     def __init__(self, cfg: DictConfig, accelerator: CpuAccelerator):
         train, tier = cfg.train, cfg.hardware_tier
@@ -85,6 +95,9 @@ class Learner:
         self.sync = distributed.is_distributed()
         self.forward = self.model  # `compile()` replaces it once the start-up probes are done
         self._compile = bool(tier.compile) and accelerator.compiles
+        # cuDNN autotuning for the training step alone: its patch shape is fixed, so the search
+        # runs once (not for the probes' many shapes, nor validation's; `probing()` turns it off).
+        self.autotune = accelerator.is_gpu and not bool(train.deterministic)
         self._for_discriminator: tuple[torch.Tensor, torch.Tensor] | None = None
         self.injection = OomInjection(cfg.debug.inject_oom_at)  # the caller says which iteration runs
 
@@ -120,12 +133,12 @@ class Learner:
         """Steps inside run on this rank alone and leave no trace: every part and torch's RNG are
         put back afterwards, so the run starts from the same weights whatever was measured."""
         saved, rng = self.snapshot(), torch.get_rng_state()
-        forward, sync = self.forward, self.sync
-        self.forward, self.sync = self.module, False
+        forward, sync, autotune = self.forward, self.sync, self.autotune
+        self.forward, self.sync, self.autotune = self.module, False, False
         try:
             yield self
         finally:
-            self.forward, self.sync = forward, sync
+            self.forward, self.sync, self.autotune = forward, sync, autotune
             self.load_state_dict(saved)
             self.clear_step()  # a probe that failed part-way leaves marks load_state_dict keeps
             torch.set_rng_state(rng)
@@ -149,6 +162,10 @@ class Learner:
                          poison: bool = False) -> StepTensors:
         """Loss and gradients of all the step's samples, `chunk_size` at a time. Raises
         torch.OutOfMemoryError (under torchrun on every rank together) for the caller to retry."""
+        with _cudnn_benchmark(self.autotune):
+            return self._forward_backward(lq, gt, chunk_size, poison)
+
+    def _forward_backward(self, lq, gt, chunk_size, poison) -> StepTensors:
         samples = lq.shape[0]
         starts = list(range(0, samples, chunk_size))
         total, parts, failed = None, {}, None

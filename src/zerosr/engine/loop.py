@@ -51,9 +51,9 @@ def seed_everything(seed: int, deterministic: bool, gpu: bool = False) -> None:
         # Bit-exact on CPU given the same thread count; on CUDA, deterministic kernels where they
         # exist, and a warning (once per operator) where one is not.
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True  # fixed patch shapes: cuDNN picks its fastest kernels once
+    # Off by default: cuDNN would autotune (and grow its workspace) at every new shape, every probe
+    # batch, validation image and edge tile. The training step turns it on for itself (Learner).
+    torch.backends.cudnn.benchmark = False
 
 
 class Trainer:
