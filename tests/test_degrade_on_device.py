@@ -86,3 +86,31 @@ def test_a_simulated_gpu_run_degrades_on_the_device(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     # The run's stream makes the LR on the run's device; its loader leaves the LR out.
     assert done.stdout.split() == ["cpu", "False", "(2,", "3,", "16,", "16)"], done.stdout
+
+
+def test_tf32_stays_out_of_the_device_degradation(tmp_path):
+    # Training turns TF32 on for a card of compute capability 8.0+; the simulated card then rounds
+    # fp32 matrix products to TF32 as the tensor cores do. The degradation must run in full fp32,
+    # so the LR made on the card matches the loader's: within 1/255 on 99.9 % of the pixels.
+    from zerosr.engine.precision import make_precision
+
+    dataset = hr_dataset(tmp_path / "hr")
+    loader_made = batches(BatchStream(dataset, 4, seed=5, num_workers=0), n=4)
+    card = SimulatedAccelerator("Test card", 512 * MIB, (8, 6))
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        make_precision("bf16", card)
+        assert torch.backends.cuda.matmul.allow_tf32
+        a, b = torch.rand(64, 64), torch.rand(64, 64)
+        plain = a @ b
+        with card.active():  # TF32 is really emulated on this card: the same product moves
+            assert (a @ b - plain).abs().max() > 1e-4
+        on_device = batches(BatchStream(dataset, 4, seed=5, num_workers=0, degrade_device=card.device, host=card.host),
+                            card, n=4)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    expected = torch.cat([b["lq"] for b in loader_made])
+    got = torch.cat([b["lq"] for b in on_device])
+    within = ((got - expected).abs() <= 1 / 255 + 1e-6).float().mean().item()
+    assert within >= 0.999, within
+    assert torch.equal(got, expected)  # and on this path, exactly

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
@@ -39,7 +40,8 @@ def test_precision_follows_compute_capability(fake_hardware):
     assert precision_for(probe(), "bf16") == "bf16"  # the tier's own default when no GPU is seen
 
 
-def test_loader_workers_from_cores(fake_hardware):
+def test_loader_workers_from_cores(fake_hardware, monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     fake_hardware(cpu_cores=2)
     assert loader_workers(probe(), cap=8) == 1
     assert loader_workers(probe(), cap=2, share=0.25) == 0  # cpu tier: the model needs both cores
@@ -49,7 +51,9 @@ def test_loader_workers_from_cores(fake_hardware):
     fake_hardware(cpu_cores=32)
     assert loader_workers(probe(), cap=8) == 8
     fake_hardware(gpus=[gpu(24.0)] * 4, cpu_cores=16)
-    assert loader_workers(probe(), cap=8) == 2  # cores are shared by one process per GPU
+    assert loader_workers(probe(), cap=8) == 8  # one process, on one of the four GPUs: every core is its
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun, one process per GPU: they share the cores
+    assert loader_workers(probe(), cap=8) == 2
 
 
 def test_no_driver_means_cpu_tier_without_asking_nvml(monkeypatch, capsys):
@@ -171,15 +175,29 @@ def test_device_count_failure_means_cpu(with_nvml, capsys):
 
 
 @pytest.mark.parametrize("visible, names", [("1", ["GPU b"]), ("2,0", ["GPU c", "GPU a"]), ("", []),
-                                            ("0,7,1", ["GPU a"]), (None, ["GPU a", "GPU b", "GPU c"])])
+                                            ("0,7,1", ["GPU a"]), (None, ["GPU a", "GPU b", "GPU c"]),
+                                            ("GPU-cccc1234,GPU-aaaa", ["GPU c", "GPU a"]), ("GPU-bbbb,GPU-x", ["GPU b"])])
 def test_detection_counts_only_the_gpus_cuda_visible_devices_shows(with_nvml, monkeypatch, visible, names):
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    with_nvml(fake_pynvml(nvmlDeviceGetCount=lambda: 3, nvmlDeviceGetHandleByIndex=lambda i: i,
+                          nvmlDeviceGetName=lambda h: f"GPU {'abc'[h]}",
+                          nvmlDeviceGetUUID=lambda h: f"GPU-{'abc'[h] * 4}1234-5678"))
+    assert [g.name for g in probe().gpus] == names
+    # CUDA counts the GPUs in NVML's (PCI bus) order from here on: CUDA_VISIBLE_DEVICES=1 is NVML's 1.
+    assert os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
+def test_cuda_numbering_unlike_nvmls_counts_every_gpu(with_nvml, monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "FASTEST_FIRST")  # CUDA's 1 may be any of NVML's
     with_nvml(fake_pynvml(nvmlDeviceGetCount=lambda: 3, nvmlDeviceGetHandleByIndex=lambda i: i,
                           nvmlDeviceGetName=lambda h: f"GPU {'abc'[h]}"))
-    assert [g.name for g in probe().gpus] == names
+    assert [g.name for g in probe().gpus] == ["GPU a", "GPU b", "GPU c"]
+    assert "CUDA_DEVICE_ORDER=FASTEST_FIRST numbers GPUs unlike NVML" in capsys.readouterr().err
 
 
 def test_the_cpu_tier_gives_realistic_data_a_loader_worker(fake_hardware):

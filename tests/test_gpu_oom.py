@@ -102,3 +102,26 @@ def test_an_unknown_injection_point_is_one_error(entry):
 
     with pytest.raises(UserError, match="POINT:ITER with POINT one of forward, backward, discriminator"):
         OomInjection([entry])
+
+
+def test_the_memory_watch_sees_the_optimizer_step_and_the_ema(card, data, tmp_path):  # noqa: F811 - the fixture
+    # The optimizer step and the EMA update run after the step's readback; their memory (here a
+    # large temporary of the optimizer's, as foreach updates make) must reach the watch all the same.
+    from zerosr.engine.loop import Trainer
+
+    sim = card(1.0, capability=(8, 6))
+    trainer = Trainer(compose_config(sim_overrides(data, **{"train.batch_size": 2, "train.lq_size": 8})), tmp_path / "r")
+    extra = 64 * 2**20
+
+    def big_temporary(*_):
+        torch.empty(extra, dtype=torch.uint8).fill_(1)
+
+    try:
+        with sim.active():
+            first = trainer.step()["peak_mem_bytes"]
+            trainer.learner.optimizer.register_step_post_hook(big_temporary)
+            trainer.step()  # its update allocates the temporary, after the readback
+            seen = trainer.step()["peak_mem_bytes"]
+    finally:
+        trainer.close()
+    assert seen >= extra > 4 * first, (first, seen)

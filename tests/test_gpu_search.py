@@ -129,3 +129,121 @@ def test_compile_happens_once_after_the_search(card, data, tmp_path, monkeypatch
     assert searched["reason"].startswith("start-up search in")
     first = [r for r in records(run_dir, "metrics.jsonl") if "loss" in r][0]
     assert len(calls) >= 120 and calls[0][0] == first["batch_size"]  # traced for the chosen shape
+
+
+def test_an_fp16_gan_search_survives_oom_in_the_discriminator_and_in_the_scaler_step(card, data, tmp_path,  # noqa: F811
+                                                                                      monkeypatch):
+    # capability 7.5: fp16 with a GradScaler. The card runs out of memory for real (its total is
+    # lowered to what is in use) once inside the discriminator's step, after the generator's
+    # gradients were unscaled, and once inside `scaler.step` (Adam creating its state). Each
+    # failed probe must be recovered from; the next probe and the run's first step then work.
+    sim = card(1.0, capability=(7, 5))
+    trainer = Trainer(compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 400,
+                                                            "train.losses": GAN, "automation.batch.max_batch_size": 8,
+                                                            "automation.loss_schedule.gan_delay": 0})),
+                      tmp_path / "run")
+    learner = trainer.learner
+    assert learner.precision.name == "fp16" and learner.precision.scaler.is_enabled()
+    full, fired, recovered = sim.total, [], []
+
+    def run_out(point):
+        def hook(*_args):
+            if point not in fired and len(fired) == ["discriminator", "scaler.step"].index(point):
+                fired.append(point)
+                sim.total = sim.allocated + 1024  # the next allocation fails
+        return hook
+
+    discriminator = learner.objective.gan.discriminator
+    discriminator.register_forward_hook(run_out("discriminator"))
+    learner.optimizer.register_step_pre_hook(run_out("scaler.step"))
+    recover = Learner.recover_from_oom
+
+    def recover_and_count(self):
+        recovered.append(sim.total)
+        sim.total = full
+        recover(self)
+
+    monkeypatch.setattr(Learner, "recover_from_oom", recover_and_count)
+    try:
+        with sim.active():
+            batch, lq, decision = search_batch_size(learner, trainer.cfg, 8, 8, keep_lq_size=True)
+            assert fired == ["discriminator", "scaler.step"] and len(recovered) == 2
+            assert "probes" in decision.reason and batch >= 1
+            # Nothing of a failed probe is left: no unscaled mark, no gradients, the discriminator frozen.
+            assert all(not state for state in learner.precision.scaler._per_optimizer_states.values())
+            assert not any(p.requires_grad or p.grad is not None for p in discriminator.parameters())
+            assert all(p.grad is None for p in learner.module.parameters())
+            trainer.apply_batch(batch, lq)
+            stats = [trainer.step() for _ in range(2)]
+    finally:
+        trainer.close()
+    assert all(torch.isfinite(torch.tensor(s["loss"])) for s in stats)
+
+
+def test_a_wsl2_like_machine_trains_on_the_card_only_torch_sees(data, tmp_path, monkeypatch, capsys):
+    # WSL2: NVML reports no GPU (no /proc/driver/nvidia), yet CUDA works. The tier, the memory
+    # target and the search must all read the card torch sees, the simulated one here.
+    import json
+
+    from zerosr.detect.hardware import FAKE_ENV, probe
+    from zerosr.engine import accelerator
+
+    spec = {"gpus": [], "gpus_without_nvml": [{"name": "WSL card", "vram_gb": 0.5, "compute_capability": [8, 6]}],
+            "cpu_cores": 2, "ram_gb": 16}
+    (tmp_path / "wsl.json").write_text(json.dumps(spec))
+    monkeypatch.setenv(FAKE_ENV, str(tmp_path / "wsl.json"))
+    monkeypatch.setenv("ZEROSR_SIMULATE_GPU", "1")
+    probe.cache_clear()
+    accelerator.current.cache_clear()
+    try:
+        cfg = compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 400,
+                                                    "automation.batch.max_batch_size": 4}))
+        assert cfg.hardware_tier.name != "cpu" and cfg.automation.batch.target_vram_usage is not None
+        trainer = Trainer(cfg, tmp_path / "run")
+        try:
+            with trainer.accelerator.active():
+                batch, _, decision = search_batch_size(trainer.learner, trainer.cfg, 2, 8, keep_lq_size=True)
+        finally:
+            trainer.close()
+    finally:
+        probe.cache_clear()
+        accelerator.current.cache_clear()
+    assert trainer.accelerator.is_gpu and trainer.accelerator.total_memory() == 2**29
+    assert decision.reason.startswith("start-up search in") and "WSL card (simulated)" in decision.reason
+    assert "NVML reports no GPU but torch sees 1 (WSL card" in capsys.readouterr().err
+
+
+def test_the_cpu_tier_named_on_a_gpu_times_the_search_instead_of_failing(card, data, tmp_path):  # noqa: F811
+    sim = card(0.5, capability=(8, 6))  # the cpu tier has no memory target
+    trainer = Trainer(compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 400,
+                                                            "hardware_tier": "cpu"})), tmp_path / "run")
+    try:
+        with sim.active():
+            _, _, decision = search_batch_size(trainer.learner, trainer.cfg, 2, 8, keep_lq_size=True)
+    finally:
+        trainer.close()
+    assert "measured samples/s" in decision.reason
+
+
+def test_cudnn_autotunes_the_training_step_only(card, data, tmp_path):  # noqa: F811
+    # cuDNN's benchmark mode searches kernels (and grows its workspace) at every new shape: on for
+    # the training step's fixed shape, off for the probes' many batches and validation's images.
+    sim = card(1.0, capability=(8, 6))
+    trainer = Trainer(compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 400,
+                                                            "automation.batch.max_batch_size": 4})), tmp_path / "run")
+    seen = []
+    for module in (trainer.learner.module, trainer.learner.ema.module):  # validation runs the EMA
+        module.register_forward_hook(lambda *_: seen.append(torch.backends.cudnn.benchmark))
+    try:
+        with sim.active():
+            search_batch_size(trainer.learner, trainer.cfg, 2, 8, keep_lq_size=True)
+            probes, seen[:] = list(seen), []
+            trainer.step()
+            stepped, seen[:] = list(seen), []
+            trainer.validate()
+            validated = list(seen)
+    finally:
+        trainer.close()
+    assert probes and not any(probes)
+    assert stepped and all(stepped)
+    assert validated and not any(validated) and not torch.backends.cudnn.benchmark

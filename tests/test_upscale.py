@@ -21,6 +21,7 @@ from zerosr.data import write_image
 from zerosr.data.datasets import PairedImageDataset
 from zerosr.data.io import encode_image, read_image_unchanged
 from zerosr.engine import tiling as tiling_module
+from zerosr.engine.accelerator import CpuAccelerator
 from zerosr.engine.tiling import tiled_forward
 from zerosr.engine.validation import Validator
 from zerosr.errors import UserError
@@ -105,7 +106,7 @@ def test_validator_and_evaluate_give_the_same_scores(tmp_path):
         pairs.append((tmp_path / "hr" / f"{i}.png", None))
     dataset = PairedImageDataset(pairs, 2)
     logged = Validator(dataset, 2, 40, torch.device("cpu"), tmp_path / "vis")(model, 1)
-    rows = evaluate(pairs, 2, Upscaler(model, torch.device("cpu"), tile=40, low_precision=False), None,
+    rows = evaluate(pairs, 2, Upscaler(model, CpuAccelerator(), tile=40, low_precision=False), None,
                     tmp_path / "hr")
     assert abs(np.mean([r["psnr"] for r in rows]) - logged["val/psnr"]) < 1e-9
     assert abs(np.mean([r["ssim"] for r in rows]) - logged["val/ssim"]) < 1e-9
@@ -270,3 +271,67 @@ def test_evaluate_gives_the_runs_own_validation_psnr(tmp_path):
     x4 = archs.save(archs.build("paragonsr2_nano", 4), tmp_path / "x4.safetensors")
     wrong = command("evaluate", x4, "--hr", val_hr, "--lr", val_lr)
     assert wrong.returncode == 2 and len(error_lines(wrong)) == 1 and "the model is x4" in wrong.stderr
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), torch.float16), ((8, 6), torch.bfloat16)])
+def test_upscale_on_a_simulated_card_runs_the_cards_own_low_precision(capability, expected, model_file, tmp_path,
+                                                                     fake_hardware, monkeypatch):
+    # A 7.5 card (T4, RTX 20xx) has no native bf16: torch.cuda.is_bf16_supported() alone says
+    # True there (emulated, slow). The precision comes from the accelerator, as in training.
+    from zerosr import inference, upscale
+    from zerosr.engine import accelerator
+
+    fake_hardware(gpus=[{"name": "Test card", "vram_gb": 1.0, "compute_capability": list(capability)}])
+    monkeypatch.setenv("ZEROSR_SIMULATE_GPU", "1")
+    accelerator.current.cache_clear()
+    seen, load = [], inference.load_model
+
+    def load_and_watch(path, device):
+        model = load(path, device)
+        model.register_forward_hook(lambda *_: seen.append(
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+        return model
+
+    monkeypatch.setattr(inference, "load_model", load_and_watch)
+    src = tmp_path / "in.png"
+    write_image(src, np.random.default_rng(0).random((24, 20, 3)).astype(np.float32))
+    try:
+        assert upscale.main([str(model_file), str(src), str(tmp_path / "out.png")]) == 0
+    finally:
+        accelerator.current.cache_clear()
+    assert seen and set(seen) == {expected}
+    assert (tmp_path / "out.png").is_file()
+
+
+def test_tiles_follow_the_bytes_per_value_and_the_cache_is_freed_outside_the_except_block(fake_hardware,
+                                                                                          monkeypatch):
+    from zerosr.engine import accelerator
+
+    fake_hardware(gpus=[{"name": "Test card", "vram_gb": 0.25, "compute_capability": [7, 5]}])
+    monkeypatch.setenv("ZEROSR_SIMULATE_GPU", "1")
+    accelerator.current.cache_clear()
+    try:
+        sim = accelerator.current()
+        model = trained_like("paragonsr2_nano", 2).eval()
+        upscaler = Upscaler(model, sim)
+        # fp32 (a 16-bit image) takes twice the bytes of fp16 per value: a tile about 1/sqrt(2) the side.
+        assert upscaler.tiles[None] < upscaler.tiles[torch.float16] == upscaler.tile
+        released, forward = [], model.forward
+        failures = [1]
+
+        def failing_forward(*args, **kwargs):
+            if failures:
+                failures.pop()
+                raise torch.OutOfMemoryError("out of memory (test)")
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(model, "forward", failing_forward)
+        monkeypatch.setattr(sim, "free_cache", lambda: released.append(sys.exc_info()[0]))
+        upscaler.batch = 1
+        before = upscaler.tiles[None]
+        out = upscaler.upscale_tensor(torch.rand(1, 3, 40, 40), high_depth=True)
+    finally:
+        accelerator.current.cache_clear()
+    assert out.shape == (1, 3, 80, 80)
+    assert released == [None]  # no exception in flight: its traceback would keep the failed tile alive
+    assert upscaler.tiles[None] == before // 2

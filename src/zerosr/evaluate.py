@@ -139,7 +139,7 @@ def _metric_names(given: str | None, model: Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zerosr.inference import Upscaler, check_writable, load_model, pick_device, resolve_model_path
+    from zerosr.inference import Upscaler, check_writable, load_model, pick_accelerator, resolve_model_path
 
     hr = Path(args.hr)
     lr = Path(args.lr) if args.lr else None
@@ -154,15 +154,15 @@ def run(args: argparse.Namespace) -> int:
                         "time; choose a folder outside it")
     if save is not None:
         check_writable(save, "--save")
-    device = pick_device()
+    accelerator = pick_accelerator()
     weights = resolve_model_path(args.model)
-    model = load_model(weights, device)
+    model = load_model(weights, accelerator.device)
     scale = int(model.scale)
     pairs = _pairs(hr, lr, scale)
-    upscaler = Upscaler(model, device, tile=args.tile, low_precision=False)  # fp32, as validation
+    upscaler = Upscaler(model, accelerator, tile=args.tile, low_precision=False)  # fp32, as validation
     from zerosr.metrics.scorer import Scorer
 
-    scorer = Scorer(_metric_names(args.metrics, Path(args.model)), device)
+    scorer = Scorer(_metric_names(args.metrics, Path(args.model)), accelerator.device)
     rows = evaluate(pairs, scale, upscaler, save, hr, scorer)
     mean = _mean(rows)
     if args.json:

@@ -20,6 +20,7 @@ import torch
 from zerosr import archs
 from zerosr.archs.io import unwrap
 from zerosr.archs.spec import feature_width
+from zerosr.engine.accelerator import CpuAccelerator, current
 from zerosr.engine.tiling import DEFAULT_OVERLAP, tile_geometry, tiled_forward
 from zerosr.errors import UserError
 
@@ -66,41 +67,38 @@ def check_writable(folder: Path, what: str) -> None:
                         "choose a folder you may write to") from None
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+def pick_accelerator() -> CpuAccelerator:
+    """The device training would use: CUDA when present (or the simulated card), else the CPU."""
+    return current()
 
 
-def autocast_dtype(device: torch.device, high_depth: bool) -> torch.dtype | None:
-    """bf16 (or fp16 before Ampere) on a GPU; fp32 (None) on CPU and for 16-bit images.
-
-    bf16 keeps 8 significant bits, enough for an 8-bit image but not for a 16-bit one.
-    """
-    if device.type != "cuda" or high_depth:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def autocast_dtype(accelerator: CpuAccelerator, high_depth: bool) -> torch.dtype | None:
+    """The card's low precision (the accelerator's, as training's) on a GPU; fp32 (None) on the
+    CPU and for 16-bit images: bf16 keeps 8 significant bits, enough for an 8-bit image only."""
+    return None if high_depth else accelerator.low_precision_dtype()
 
 
-def _free_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+def _free_bytes(accelerator: CpuAccelerator) -> int:
+    if accelerator.is_gpu:
+        return int(accelerator.free_memory())
     import psutil  # what zerosr.detect reads the RAM with, without its GPU probe and warnings
 
     return int(psutil.virtual_memory().available)
 
 
-def auto_tile(model: torch.nn.Module, device: torch.device) -> tuple[int, int]:
-    """(tile, batch) that the free memory allows for this model, from a per-pixel estimate."""
+def auto_tile(model: torch.nn.Module, accelerator: CpuAccelerator, dtype: torch.dtype | None) -> tuple[int, int]:
+    """(tile, batch) that the free memory allows for this model run in `dtype` (None: fp32),
+    from a per-pixel estimate."""
     net = unwrap(model)
     features = feature_width(net)
     scale = int(getattr(net, "scale", 4))
-    bytes_per_value = 2 if device.type == "cuda" else 4
+    bytes_per_value = 4 if dtype is None else torch.finfo(dtype).bits // 8
     per_pixel = bytes_per_value * features * (FEATURE_COPIES + 2 * scale * scale)
-    budget = _free_bytes(device) * MEMORY_SHARE[device.type]
+    budget = _free_bytes(accelerator) * MEMORY_SHARE["cuda" if accelerator.is_gpu else "cpu"]
     side = int(math.sqrt(max(budget, 1) / per_pixel))
     tile = max(MIN_TILE, min(MAX_TILE, side // 16 * 16))
     batch = 1
-    if device.type == "cuda":
+    if accelerator.is_gpu:
         batch = int(max(1, min(MAX_BATCH, budget // (per_pixel * tile * tile))))
     return tile, batch
 
@@ -119,51 +117,62 @@ class Upscaler:
     out the tile is halved (and stays halved for the next images) down to the smallest tile.
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, tile: int | None = None,
+    def __init__(self, model: torch.nn.Module, accelerator: CpuAccelerator, tile: int | None = None,
                  batch: int | None = None, low_precision: bool = True):
-        self.model, self.device, self.low_precision = model, device, low_precision
+        self.model, self.accelerator, self.low_precision = model, accelerator, low_precision
+        self.device = accelerator.device
         self.scale = int(unwrap(model).scale)
         self.whole = tile == 0
-        auto_size, auto_batch = auto_tile(model, device)
-        self.tile = auto_size if tile is None else tile
-        self.batch = batch or (auto_batch if tile is None else 1)
+        # Tiles for the low precision and for fp32 (16-bit images), each from its bytes per value.
+        self.tiles, batches = {}, []
+        for dtype in {autocast_dtype(accelerator, False) if low_precision else None, None}:
+            size, auto_batch = auto_tile(model, accelerator, dtype)
+            self.tiles[dtype] = size if tile is None else tile
+            batches.append(auto_batch)
+        self.batch = batch or (min(batches) if tile is None else 1)
         # The smallest tile that still leaves a core between the overlaps.
         self.min_tile = tile_geometry(model, MIN_TILE, OVERLAP)[0]
 
     def _forward(self, lq: torch.Tensor, tile: int, dtype: torch.dtype | None) -> torch.Tensor:
-        context = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        context = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with torch.no_grad(), context:
             return tiled_forward(self.model, lq, self.scale, tile, OVERLAP, self.batch).float()
 
     def upscale_tensor(self, lq: torch.Tensor, high_depth: bool = False) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> (N, 3, sH, sW) float32 in [0, 1] on the CPU."""
         lq = lq.to(self.device)
-        dtype = autocast_dtype(self.device, high_depth) if self.low_precision else None
+        dtype = autocast_dtype(self.accelerator, high_depth) if self.low_precision else None
         while True:
-            tile = max(lq.shape[-2:]) if self.whole else self.tile
+            tile = max(lq.shape[-2:]) if self.whole else self.tiles[dtype]
             try:
                 sr = self._forward(lq, tile, dtype)
                 if dtype is not None and not torch.isfinite(sr).all():
-                    sr = self._forward(lq, tile, None)  # fp16 overflowed: this image in fp32
+                    sr = self._forward(lq, self.tiles[None], None)  # fp16 overflowed: this image in fp32
                 return sr.clamp_(0, 1).cpu()
             except (torch.OutOfMemoryError, RuntimeError) as error:
                 if not is_out_of_memory(error):
                     raise
-                self._release()
-                if self.whole:
-                    raise UserError(f"out of memory for the whole {lq.shape[-1]}x{lq.shape[-2]} image "
-                                    "(--tile 0): leave --tile out to run it in tiles") from None
-                if self.batch > 1:  # the batch halves first, then the tile
-                    self.batch //= 2
-                elif self.tile // 2 >= self.min_tile:
-                    self.tile //= 2
-                else:
-                    raise UserError(f"out of memory even with {self.tile}x{self.tile} tiles: close other "
-                                    "programs using the memory, or use a smaller model") from None
+            # Out of memory: the cache is emptied here, outside the `except` block, whose traceback
+            # still holds the failed tile's tensors.
+            self._release()
+            if self.whole:
+                raise UserError(f"out of memory for the whole {lq.shape[-1]}x{lq.shape[-2]} image "
+                                "(--tile 0): leave --tile out to run it in tiles")
+            if self.batch > 1:  # the batch halves first, then the tile
+                self.batch //= 2
+            elif tile // 2 >= self.min_tile:
+                self.tiles = {key: min(size, tile // 2) for key, size in self.tiles.items()}
+            else:
+                raise UserError(f"out of memory even with {tile}x{tile} tiles: close other "
+                                "programs using the memory, or use a smaller model")
+
+    @property
+    def tile(self) -> int:
+        """The tile an 8-bit image runs in now."""
+        return self.tiles[autocast_dtype(self.accelerator, False) if self.low_precision else None]
 
     def _release(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self.accelerator.free_cache()
 
     def upscale_image(self, image: np.ndarray, high_depth: bool = False) -> np.ndarray:
         """An HW gray, HWC RGB or RGBA float image in [0, 1] -> the same layout, float32, upscaled.

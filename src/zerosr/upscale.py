@@ -93,7 +93,7 @@ def upscale_file(upscaler, job: Job, quality: int | None) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from zerosr.inference import Upscaler, check_writable, load_model, pick_device
+    from zerosr.inference import Upscaler, check_writable, load_model, pick_accelerator
 
     if args.tile is not None and args.tile < 0:
         raise UserError(f"--tile {args.tile}: give a tile size in LR pixels, or 0 for whole images")
@@ -104,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
     lossy = {job.target.suffix.lower() for job in jobs} & {".jpg", ".jpeg", ".webp"}
     if args.quality is not None and not lossy:
         raise UserError("--quality applies to JPEG and WebP output only: add --format jpg or --format webp")
-    device = pick_device()
-    model = load_model(args.model, device)
-    upscaler = Upscaler(model, device, tile=args.tile)
+    accelerator = pick_accelerator()
+    model = load_model(args.model, accelerator.device)
+    upscaler = Upscaler(model, accelerator, tile=args.tile)
     check_writable(jobs[0].target.parent if source.is_file() else output, "OUTPUT")
 
     done = skipped = failed = 0

@@ -196,77 +196,19 @@ def _apply_folded(pixels: torch.Tensor, pixel_major: bool, folded: torch.Tensor,
     return torch.baddbmm(bias.reshape(1, -1, 1), folded, pixels)
 
 
-class _GatedProjection(torch.autograd.Function):
-    """project_out(x * gate(x)) as one batched matrix product forward and two backward.
-
-    The channel gate is folded into per-image projection weights, W diag(gate_b), so x * gate
-    is never materialised; its gradient comes from small (out x in) matrices, and the pooling
-    gradient is added to the input gradient inside the same batched matrix product.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, *gate_params):
-        shape = tuple(x.shape)
-        pixels, pixel_major = _pixel_matrix(x)
-        with torch.enable_grad():  # a small graph: pooled input -> folded weights
-            pooled = x.detach().mean((2, 3), keepdim=True).requires_grad_()
-            leaves = [weight.detach().requires_grad_(), *(p.detach().requires_grad_() for p in gate_params)]
-            gate = _gate_from_pooled(pooled, *leaves[1:])
-            folded = leaves[0].reshape(1, weight.shape[0], -1) * gate.reshape(shape[0], 1, -1)
-        ctx.graph = (pooled, leaves, folded)
-        ctx.layout = (pixel_major, shape)
-        ctx.save_for_backward(pixels)
-        out = _apply_folded(pixels, pixel_major, folded.detach(), bias)
-        return _from_pixel_matrix(out, pixel_major, (shape[0], weight.shape[0], shape[2], shape[3]))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        (pixels,) = ctx.saved_tensors
-        pooled, leaves, folded = ctx.graph
-        pixel_major, shape = ctx.layout
-        grad, _ = _pixel_matrix(grad_out.contiguous(memory_format=_layout(pixel_major)))
-        grad = grad.to(pixels.dtype)
-        if pixel_major:  # grad (B, HW, O), pixels (B, HW, C)
-            grad_folded = torch.bmm(grad.transpose(1, 2), pixels)
-            grad_bias = grad.sum((0, 1))
-        else:  # grad (B, O, HW), pixels (B, C, HW)
-            grad_folded = torch.bmm(grad, pixels.transpose(1, 2))
-            grad_bias = grad.sum((0, 2))
-        grads = torch.autograd.grad(folded, [pooled, *leaves], grad_folded.to(folded.dtype))
-        grad_pooled = grads[0].reshape(shape[0], -1).to(pixels.dtype) / (shape[2] * shape[3])
-        weights = folded.detach().to(pixels.dtype)
-        if pixel_major:
-            grad_pixels = torch.baddbmm(grad_pooled[:, None, :], grad, weights)
-        else:
-            grad_pixels = torch.baddbmm(grad_pooled[:, :, None], weights.transpose(1, 2), grad)
-        grad_x = _from_pixel_matrix(grad_pixels, pixel_major, shape)
-        param_grads = [g.to(leaf.dtype) for g, leaf in zip(grads[1:], leaves, strict=True)]
-        return (grad_x, param_grads[0], grad_bias.to(leaves[0].dtype), *param_grads[1:])
-
-
-def _layout(pixel_major: bool) -> torch.memory_format:
-    return torch.channels_last if pixel_major else torch.contiguous_format
-
-
-def _gate_from_pooled(pooled: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
-    """The gate MLP of CheapChannelModulation on pooled (B, C, 1, 1), with explicit parameters."""
-    hidden = F.relu(F.conv2d(pooled, w1, b1))
-    return torch.sigmoid(F.conv2d(hidden, w2, b2))
-
-
 def gated_projection(x: torch.Tensor, modulation: CheapChannelModulation, project: nn.Conv2d) -> torch.Tensor:
-    """project(modulation(x)) for a 1x1 convolution `project`, computed without x * gate."""
-    net = modulation.net
-    gate_params = [net[1].weight, net[1].bias, net[3].weight, net[3].bias]
-    needs_grad = x.requires_grad or project.weight.requires_grad or any(p.requires_grad for p in gate_params)
-    if not torch.is_grad_enabled() or not needs_grad or torch.onnx.is_in_onnx_export():
-        pixels, pixel_major = _pixel_matrix(x)
-        gate = net(x)
-        folded = project.weight.reshape(1, project.out_channels, -1) * gate.reshape(x.shape[0], 1, -1)
-        out = _apply_folded(pixels, pixel_major, folded, project.bias)
-        return _from_pixel_matrix(out, pixel_major, (x.shape[0], project.out_channels, x.shape[2], x.shape[3]))
-    return _GatedProjection.apply(x, project.weight, project.bias, *gate_params)
+    """project(modulation(x)) for a 1x1 convolution `project`, computed without x * gate.
+
+    The channel gate is folded into per-image projection weights, W diag(gate_b) of (B, out, in),
+    applied as one batched matrix product on a view of x. Autograd then saves that view (x's own
+    storage, already kept by the layer before) and the small folded weights, never a full-size
+    x * gate. Plain operators only, so torch.compile traces it without a graph break.
+    """
+    pixels, pixel_major = _pixel_matrix(x)
+    gate = modulation.net(x)  # (B, C, 1, 1): pooled, MLP, sigmoid
+    folded = project.weight.reshape(1, project.out_channels, -1) * gate.reshape(x.shape[0], 1, -1)
+    out = _apply_folded(pixels, pixel_major, folded, project.bias)
+    return _from_pixel_matrix(out, pixel_major, (x.shape[0], project.out_channels, x.shape[2], x.shape[3]))
 
 
 class _RMSNormFunction(torch.autograd.Function):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from zerosr.data.jpeg import jpeg_roundtrip
 from zerosr.data.kernels import pad_kernel, random_blur_kernel, sinc_kernel
 from zerosr.degradation_settings import DegradationSettings
+from zerosr.exact import exact_fp32
 
 __all__ = ["DegradationSettings", "degrade_batch", "draw_params", "filter_batch"]
 
@@ -101,6 +102,9 @@ def draw_params(seed: int, settings: DegradationSettings) -> SampleParams:
 
 # --------------------------------------------------------------------------- the operations
 
+FFT_STEP = 32
+
+
 def filter_batch(images: torch.Tensor, kernels: Sequence[np.ndarray]) -> torch.Tensor:
     """Each image (N, C, H, W) filtered by its own kernel, reflected borders, as an FFT product."""
     size = max(k.shape[0] for k in kernels)
@@ -108,7 +112,11 @@ def filter_batch(images: torch.Tensor, kernels: Sequence[np.ndarray]) -> torch.T
     n, c, h, w = images.shape
     mode = "reflect" if min(h, w) > radius else "replicate"  # reflection needs the image wider than the pad
     padded = F.pad(images, (radius, radius, radius, radius), mode=mode)
-    ph, pw = padded.shape[-2:]
+    # The transform's size rounded up to a multiple of FFT_STEP: the zeros past the pad never
+    # reach the cropped result, and the few sizes that remain reuse their FFT plans (cuFFT's
+    # plan cache) where every second-round size would make a new one.
+    ph, pw = (-(-size // FFT_STEP) * FFT_STEP for size in padded.shape[-2:])
+    padded = F.pad(padded, (0, pw - padded.shape[-1], 0, ph - padded.shape[-2]))
     stacked = torch.from_numpy(np.stack([pad_kernel(k, size) for k in kernels])).to(images.device)
     # The kernel's centre at (0, 0) of a zero plane: the circular product is then centred, and the
     # pad keeps the wrap-around out of the cropped result.
@@ -150,8 +158,9 @@ def _add_noise(image: torch.Tensor, noise: tuple[str, float, bool], generator: t
     # Poisson: photon counts at as many levels as the 8-bit image uses (rounded up to a power of 2).
     source = image.mean(1, keepdim=True) if gray else image
     quantised = torch.round(source.clamp(0, 1) * 255.0) / 255.0
-    levels = int((torch.bincount((quantised * 255.0).long().flatten(), minlength=256) > 0).sum())
-    peak = 2.0 ** math.ceil(math.log2(max(levels, 2)))
+    # Counted on the device: reading the count back would stall the GPU once per sample.
+    levels = (torch.bincount((quantised * 255.0).long().flatten(), minlength=256) > 0).sum().clamp(min=2)
+    peak = torch.exp2(torch.ceil(torch.log2(levels.double()))).to(image.dtype)
     counts = torch.poisson(quantised * peak, generator=generator)
     return image + (counts / peak - quantised) * strength
 
@@ -220,7 +229,7 @@ def degrade_batch(hr: torch.Tensor, seeds: Sequence[int] | torch.Tensor, setting
 
     Runs on `device` (default: where `hr` is); sample i follows `seeds[i]` alone."""
     device = torch.device(device) if device is not None else hr.device
-    with _one_cpu_thread(device):
+    with _one_cpu_thread(device), exact_fp32():  # TF32 would move pixels off the CPU's LR
         return _degrade(hr, seeds, settings, scale, device)
 
 

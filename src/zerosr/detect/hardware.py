@@ -101,7 +101,7 @@ def _probe_gpus() -> tuple[list[GPUInfo], list[str]]:
             count = int(pynvml.nvmlDeviceGetCount())
         except (pynvml.NVMLError, TypeError, ValueError) as exc:
             return [], [f"NVML could not count GPUs ({exc}): using the cpu tier"]
-        for index in _visible_indices(count, problems):
+        for index in _visible_indices(count, problems, lambda i: _uuid(pynvml, i)):
             gpus.append(_probe_one_gpu(pynvml, index, driver, problems))
     finally:
         try:
@@ -111,22 +111,40 @@ def _probe_gpus() -> tuple[list[GPUInfo], list[str]]:
     return gpus, problems
 
 
-def _visible_indices(count: int, problems: list[str]) -> list[int]:
-    """The NVML indices CUDA will use: CUDA_VISIBLE_DEVICES, when set, lists them (up to the first
-    invalid entry, as CUDA reads it). GPU UUIDs there cannot be matched cheaply: all are counted."""
+def _uuid(pynvml, index: int) -> str:
+    try:
+        raw = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(index))
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+    except (pynvml.NVMLError, AttributeError):
+        return ""
+
+
+def _visible_indices(count: int, problems: list[str], uuid=lambda index: "") -> list[int]:
+    """The NVML indices CUDA will use. NVML numbers GPUs in PCI bus order, CUDA by default fastest
+    first: `probe()` sets CUDA_DEVICE_ORDER=PCI_BUS_ID (when unset) so that both count alike.
+    CUDA_VISIBLE_DEVICES, when set, lists them by index or by UUID (or a UUID's prefix), up to the
+    first invalid entry, as CUDA reads it; MIG instances cannot be matched: all are counted."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return list(range(count))
+    if os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID") != "PCI_BUS_ID" and count > 1:
+        problems.append(f"CUDA_DEVICE_ORDER={os.environ['CUDA_DEVICE_ORDER']} numbers GPUs unlike NVML: "
+                        f"counting all {count}")
+        return list(range(count))
     indices: list[int] = []
     for entry in (part.strip() for part in visible.split(",")):
-        if not entry.lstrip("-").isdigit():
+        if entry.startswith("GPU-"):
+            matches = [i for i in range(count) if uuid(i).startswith(entry)]
+            index = matches[0] if len(matches) == 1 else -1
+        elif entry.lstrip("-").isdigit():
+            index = int(entry)
+        else:
             if entry:
-                problems.append(f"CUDA_VISIBLE_DEVICES={visible} names GPUs by UUID or MIG id: counting all {count}")
+                problems.append(f"CUDA_VISIBLE_DEVICES={visible} names GPUs by MIG id: counting all {count}")
                 return list(range(count))
             break
-        index = int(entry)
         if not 0 <= index < count or index in indices:
-            break  # CUDA stops at the first invalid index
+            break  # CUDA stops at the first invalid entry
         indices.append(index)
     return indices
 
@@ -183,16 +201,26 @@ def _fake_hardware(path: str) -> Hardware:
     try:
         with open(path, encoding="utf-8") as handle:
             spec = json.load(handle)
-        gpus = tuple(
-            GPUInfo(
-                name=str(g.get("name", f"GPU {i}")),
-                vram_gb=_positive_float(g.get("vram_gb", FALLBACK_VRAM_GB), "vram_gb"),
-                free_vram_gb=float(g.get("free_vram_gb", g.get("vram_gb", FALLBACK_VRAM_GB))),
-                compute_capability=tuple(int(x) for x in g.get("compute_capability", (7, 0)))[:2],
-                driver=str(g.get("driver", "fake")),
+
+        def cards(key: str) -> tuple[GPUInfo, ...]:
+            return tuple(
+                GPUInfo(
+                    name=str(g.get("name", f"GPU {i}")),
+                    vram_gb=_positive_float(g.get("vram_gb", FALLBACK_VRAM_GB), "vram_gb"),
+                    free_vram_gb=float(g.get("free_vram_gb", g.get("vram_gb", FALLBACK_VRAM_GB))),
+                    compute_capability=tuple(int(x) for x in g.get("compute_capability", (7, 0)))[:2],
+                    driver=str(g.get("driver", "fake")),
+                )
+                for i, g in enumerate(spec.get(key, []))
             )
-            for i, g in enumerate(spec.get("gpus", []))
-        )
+
+        gpus = cards("gpus")
+        hidden = cards("gpus_without_nvml")  # a WSL2-like machine: torch sees these, NVML does not
+        if hidden and not gpus:
+            problems: list[str] = []
+            gpus = tuple(_nvml_missed([], problems, fake={"gpus": hidden}))
+            for problem in problems:
+                _warn(problem)
         cores = int(spec.get("cpu_cores", FALLBACK_CPU_CORES))
         ram = _positive_float(spec.get("ram_gb", FALLBACK_RAM_GB), "ram_gb")
         return Hardware(gpus=gpus, cpu_physical_cores=int(spec.get("cpu_physical_cores", cores)),
@@ -204,13 +232,60 @@ def _fake_hardware(path: str) -> Hardware:
                         '"compute_capability": [8, 6]}], "cpu_cores": 16, "ram_gb": 64.0}') from exc
 
 
+SIMULATE_ENV = "ZEROSR_SIMULATE_GPU"
+
+
+def _simulating() -> bool:
+    return os.environ.get(SIMULATE_ENV, "") not in ("", "0")
+
+
+def _cuda_without_nvml_possible() -> bool:
+    """Signs of a GPU that NVML may not report: WSL2 passes its GPU as /dev/dxg with no
+    /proc/driver/nvidia; some containers pass /dev/nvidia0 without NVML's library."""
+    return any(os.path.exists(path) for path in ("/dev/dxg", "/dev/nvidia0", "/proc/driver/nvidia"))
+
+
+def _gpus_seen_by_torch(fake: dict | None) -> list[GPUInfo]:
+    """The CUDA devices torch sees (the simulated card's file when simulating one). Imports torch,
+    so it runs only when NVML found nothing where a GPU may still be."""
+    if fake is not None:
+        return list(fake["gpus"]) if _simulating() else []
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        vram = round(props.total_memory / 2**30, 2)
+        gpus.append(GPUInfo(name=props.name, vram_gb=vram, free_vram_gb=vram,
+                            compute_capability=(int(props.major), int(props.minor)), driver="unknown (no NVML)"))
+    return gpus
+
+
+def _nvml_missed(gpus: list[GPUInfo], problems: list[str], fake: dict | None = None) -> list[GPUInfo]:
+    """NVML's GPUs, or where it found none (WSL2, some containers) those torch sees, so the tier,
+    the memory target and the device a run trains on all describe the same card."""
+    if gpus or (fake is None and not _cuda_without_nvml_possible()):
+        return gpus
+    seen = _gpus_seen_by_torch(fake)
+    if seen:
+        problems[:] = [p for p in problems if "using the cpu tier" not in p]
+        problems.append(f"NVML reports no GPU but torch sees {len(seen)} ({seen[0].name}, as under WSL2): "
+                        "tier and memory read through torch")
+    return seen
+
+
 @functools.cache
 def probe() -> Hardware:
     """The machine's hardware, probed once per process (Hydra composes several times a run)."""
     fake = os.environ.get(FAKE_ENV)
     if fake:
         return _fake_hardware(fake)
+    # CUDA then numbers the GPUs as NVML does (set before torch starts CUDA; inherited by torchrun's ranks).
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     gpus, problems = _probe_gpus()
+    gpus = _nvml_missed(gpus, problems)
     physical, logical, ram, available, host_problems = _probe_host()
     problems += host_problems
     if problems:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from zerosr.detect.hardware import Hardware
@@ -39,6 +40,19 @@ def precision_for(hardware: Hardware, no_gpu_default: str) -> str:
     return "bf16" if capability >= (8, 0) else "fp16"
 
 
+def processes_on_this_node() -> int:
+    """Training processes sharing this machine's cores: torchrun's LOCAL_WORLD_SIZE, SLURM's tasks
+    on this node under hydra/launcher=slurm_ddp, else one (a plain run uses one GPU, however many
+    are visible)."""
+    value = os.environ.get("LOCAL_WORLD_SIZE")
+    if value is None and os.environ.get("ZEROSR_SLURM_DDP") == "1":
+        value = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+    try:
+        return max(1, int(value))
+    except (TypeError, ValueError):
+        return 1
+
+
 def loader_workers(hardware: Hardware, cap: int, share: float = 0.5, data: str = "") -> int:
     """DataLoader workers: `share` of the logical cores per training process, at most `cap`.
 
@@ -50,7 +64,7 @@ def loader_workers(hardware: Hardware, cap: int, share: float = 0.5, data: str =
     (`python bench/degradations.py --skip-runs`), so it gets at least one worker where there are
     two cores to share.
     """
-    per_process = hardware.cpu_logical_cores // max(1, len(hardware.gpus))
+    per_process = hardware.cpu_logical_cores // processes_on_this_node()
     workers = max(0, min(cap, int(per_process * share)))
     return max(workers, 1) if data == "realistic" and per_process >= 2 else workers
 

@@ -26,12 +26,10 @@ import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
-from zerosr.detect.hardware import FAKE_ENV, probe
+from zerosr.detect.hardware import FAKE_ENV, SIMULATE_ENV, probe
 from zerosr.errors import UserError
-
-SIMULATE_ENV = "ZEROSR_SIMULATE_GPU"
 
 
 class CpuAccelerator:
@@ -54,6 +52,18 @@ class CpuAccelerator:
 
     def bf16_supported(self) -> bool:
         return False
+
+    def low_precision_dtype(self) -> torch.dtype | None:
+        """What bf16/fp16 work runs in on this card: bf16 where the card has it natively
+        (compute capability 8.0 and up), else fp16; None (fp32) without a GPU. Training's
+        precision and inference's autocast both ask here."""
+        if not self.is_gpu:
+            return None
+        return torch.bfloat16 if self.bf16_supported() else torch.float16
+
+    def free_memory(self) -> int | None:
+        """Bytes free on the device now (None without a GPU)."""
+        return None
 
     def peak_bytes(self) -> int | None:
         """Peak allocated bytes since the last `reset_peak` (None: no readings on this device)."""
@@ -98,7 +108,12 @@ class CudaAccelerator(CpuAccelerator):
         return tuple(torch.cuda.get_device_capability(self.device))
 
     def bf16_supported(self) -> bool:
+        # Without `including_emulation=False` torch answers True on 7.x cards, which emulate bf16 slowly.
         return torch.cuda.is_bf16_supported(including_emulation=False)
+
+    def free_memory(self) -> int:
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(free)
 
     def peak_bytes(self) -> int:
         return int(torch.cuda.max_memory_allocated(self.device))
@@ -115,6 +130,25 @@ class CudaAccelerator(CpuAccelerator):
         self.reset_peak()
 
 
+_MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default,
+            torch.ops.aten.baddbmm.default}
+
+
+def _tf32_allowed(func) -> bool:
+    """Whether a card of compute capability 8.0+ would run this fp32 operator in TF32 now."""
+    if func in _MATMULS:
+        return torch.backends.cuda.matmul.allow_tf32
+    return func is torch.ops.aten.convolution.default and torch.backends.cudnn.allow_tf32
+
+
+def _to_tf32(value):
+    """An fp32 tensor rounded to TF32's 10-bit mantissa (to nearest), as the card's tensor cores
+    read it; anything else unchanged."""
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
+        return value
+    return ((value.view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
+
+
 class _LiveStorage(TorchDispatchMode):
     """Counts the bytes of every live tensor storage an operator produced or read on this thread.
     A storage is counted once, from the first time it is seen until it is freed (a weak reference
@@ -125,6 +159,8 @@ class _LiveStorage(TorchDispatchMode):
         self.card = card
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.card.on_host and self.card._capability >= (8, 0) and _tf32_allowed(func):
+            args = tree_map(_to_tf32, args)  # as the card's tensor cores read fp32 operands
         out = func(*args, **(kwargs or {}))
         if self.card.on_host:
             return out
@@ -160,6 +196,9 @@ class SimulatedAccelerator(CpuAccelerator):
 
     def bf16_supported(self) -> bool:
         return self._capability >= (8, 0)
+
+    def free_memory(self) -> int:
+        return self.total - self.allocated
 
     def peak_bytes(self) -> int:
         return self.peak

@@ -63,6 +63,16 @@ def load_pretrain(model: torch.nn.Module, path: str, arch: DictConfig, scale: in
                                                  target=arch.get("_target_")))
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(enabled: bool):
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 class Learner:
     def __init__(self, cfg: DictConfig, accelerator: CpuAccelerator):
         train, tier = cfg.train, cfg.hardware_tier
@@ -86,6 +96,9 @@ class Learner:
         self.sync = distributed.is_distributed()
         self.forward = self.model  # `compile()` replaces it once the start-up probes are done
         self._compile = bool(tier.compile) and accelerator.compiles
+        # cuDNN autotuning for the training step alone: its patch shape is fixed, so the search
+        # runs once (not for the probes' many shapes, nor validation's; `probing()` turns it off).
+        self.autotune = accelerator.is_gpu and not bool(train.deterministic)
         self._for_discriminator: tuple[torch.Tensor, torch.Tensor] | None = None
         self.injection = OomInjection(cfg.debug.inject_oom_at)  # the caller says which iteration runs
 
@@ -121,13 +134,14 @@ class Learner:
         """Steps inside run on this rank alone and leave no trace: every part and torch's RNG are
         put back afterwards, so the run starts from the same weights whatever was measured."""
         saved, rng = self.snapshot(), torch.get_rng_state()
-        forward, sync = self.forward, self.sync
-        self.forward, self.sync = self.module, False
+        forward, sync, autotune = self.forward, self.sync, self.autotune
+        self.forward, self.sync, self.autotune = self.module, False, False
         try:
             yield self
         finally:
-            self.forward, self.sync = forward, sync
+            self.forward, self.sync, self.autotune = forward, sync, autotune
             self.load_state_dict(saved)
+            self.clear_step()  # a probe that failed part-way leaves marks load_state_dict keeps
             torch.set_rng_state(rng)
             self.free_memory()
 
@@ -149,6 +163,10 @@ class Learner:
                          poison: bool = False) -> StepTensors:
         """Loss and gradients of all the step's samples, `chunk_size` at a time. Raises
         torch.OutOfMemoryError (under torchrun on every rank together) for the caller to retry."""
+        with _cudnn_benchmark(self.autotune):
+            return self._forward_backward(lq, gt, chunk_size, poison)
+
+    def _forward_backward(self, lq, gt, chunk_size, poison) -> StepTensors:
         samples = lq.shape[0]
         starts = list(range(0, samples, chunk_size))
         total, parts, failed = None, {}, None
@@ -270,16 +288,22 @@ class Learner:
     def recover_from_oom(self) -> None:
         """After an out-of-memory error anywhere in a step (call it outside the `except` block): no
         gradients, the discriminator frozen again, no half-taken GradScaler step, the cache freed."""
+        self.clear_step()
+        self.free_memory()
+
+    def clear_step(self) -> None:
+        """Forget a step begun and not finished: no gradients, the discriminator frozen again, and
+        a GradScaler without its per-optimizer "already unscaled" marks (only `update()` clears
+        them, and `load_state_dict` keeps them), so the next `unscale_` does not refuse."""
         self.discard()
         gan = self.objective.gan
         if gan is not None:
             gan.discriminator.requires_grad_(False)  # its step turns them on, and may have failed inside
         scaler = self.precision.scaler
-        if scaler.is_enabled():  # a scaler that unscaled an optimizer refuses to again before update()
+        if scaler.is_enabled():
             fresh = torch.amp.GradScaler(self.device.type)
             fresh.load_state_dict(scaler.state_dict())
             self.precision.scaler = fresh
-        self.free_memory()
 
     def discard(self) -> None:
         """Drop the step's gradients (a skipped step, or one that failed part-way)."""

@@ -53,9 +53,9 @@ def seed_everything(seed: int, deterministic: bool, gpu: bool = False) -> None:
         # Bit-exact on CPU given the same thread count; on CUDA, deterministic kernels where they
         # exist, and a warning (once per operator) where one is not.
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True  # fixed patch shapes: cuDNN picks its fastest kernels once
+    # Off by default: cuDNN would autotune (and grow its workspace) at every new shape, every probe
+    # batch, validation image and edge tile. The training step turns it on for itself (Learner).
+    torch.backends.cudnn.benchmark = False
 
 
 class Trainer:
@@ -108,6 +108,9 @@ class Trainer:
         self.stop_requested = False  # set by Ctrl+C on this rank
         self.stop_agreed = False  # ... and agreed by every rank at the last step
         self.time_up = False  # train.max_minutes spent
+        # The peak of the last optimizer step and EMA update: they run after the step's readback,
+        # so their memory joins the next step's (a host-side counter: reading it costs no sync).
+        self.update_peak = 0
         self.progress: Progress | None = None
         self.process_started = psutil.Process().create_time()  # validations record the wall time since
 
@@ -308,7 +311,7 @@ class Trainer:
         extra = [out.discriminator] if out.discriminator is not None else []
         means = torch.stack([out.total, *out.parts.values(), out.norm, *extra]).float()
         peak = self.accelerator.peak_bytes()
-        maxes = [float(peak)] if peak is not None else []
+        maxes = [float(max(peak, self.update_peak))] if peak is not None else []
         now = time.perf_counter() if self.deadline is not None else None
         time_up = now is not None and now >= self.deadline
         cooldown_due = (self.cooldown_due_at is not None and now >= self.cooldown_due_at
@@ -335,6 +338,7 @@ class Trainer:
                 return {**stats, "skipped": 1.0}
             return self._skip_nonfinite(it, stats)
         learner.apply()
+        self.update_peak = self.accelerator.peak_bytes() or 0
         stats.update({"grad_norm": norm, "clip_threshold": threshold, "clipped": float(norm > threshold)})
         old_batch = suite.batch.batch_size
         self.record(suite.on_step_end(it, stats))

@@ -30,9 +30,9 @@ def make_precision(tier_precision: str, accelerator: CpuAccelerator) -> Precisio
     autocast and GradScaler on the CPU."""
     device = accelerator.device
     name = tier_precision if accelerator.is_gpu else "fp32"
-    if name == "bf16" and not accelerator.bf16_supported():
-        name = "fp16"
-    if accelerator.kind == "cuda" and accelerator.capability() >= (8, 0):
+    if name in _DTYPES:  # the card decides between bf16 and fp16 (fp16 stays fp16)
+        name = "bf16" if name == "bf16" and accelerator.low_precision_dtype() == torch.bfloat16 else "fp16"
+    if accelerator.is_gpu and accelerator.capability() >= (8, 0):  # the simulated card emulates TF32
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     scaler = torch.amp.GradScaler(device.type, enabled=(name == "fp16"))

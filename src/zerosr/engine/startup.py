@@ -33,6 +33,19 @@ def _synthetic_step(learner: Learner, batch: int, lq_size: int, scale: int) -> f
     return learner.train_on(lq, gt, learner.optimizer.param_groups[0]["lr"])
 
 
+def probe_peak(learner: Learner, batch: int, lq_size: int, scale: int) -> int | None:
+    """Peak memory of `PROBE_STEPS` real iterations at (`batch`, `lq_size`). An out-of-memory error
+    anywhere in them (forward, backward, discriminator, optimizer) is recovered from as in
+    training, outside the `except` block (its traceback holds the failed step's tensors), then
+    raised again for the search to record."""
+    try:
+        return peak_memory_of(lambda: _synthetic_step(learner, batch, lq_size, scale), learner.accelerator)
+    except torch.OutOfMemoryError as error:
+        message = str(error)
+    learner.recover_from_oom()
+    raise torch.OutOfMemoryError(message)
+
+
 def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: int,
                       keep_lq_size: bool, largest_lq: int | None = None,
                       validator: Validator | None = None) -> tuple[int, int, Decision]:
@@ -45,7 +58,9 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
     the chosen pair and the decision that explains it; the caller applies them."""
     auto, preset, scale = cfg.automation.batch, cfg.arch.preset, int(cfg.scale)
     accelerator = learner.accelerator
-    if not accelerator.is_gpu and cfg.train.deterministic:
+    # By memory on a GPU with a memory target; a GPU under the cpu tier (no target) is timed.
+    by_memory = accelerator.is_gpu and auto.target_vram_usage is not None
+    if not by_memory and cfg.train.deterministic:
         # Timing differs between runs; a deterministic run must not depend on it.
         return batch, lq_size, Decision(0, "batch", {}, "train.deterministic: no timed search on the CPU, "
                                         f"the tier's batch {batch} is kept")
@@ -54,21 +69,21 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
     bound = share * total_iter
     # The least a search can do: on a GPU the first probe and one larger size; on the CPU its
     # three timed sizes (a warm-up and three timed steps each).
-    least = (PROBE_STEPS * 3 if accelerator.is_gpu
+    least = (PROBE_STEPS * 3 if by_memory
              else 4 * sum(c / batch for c in _cpu_candidates(batch, auto)))
     if bound < least:
-        fallback = ("an out-of-memory error would halve it, the memory watch adjusts it" if accelerator.is_gpu
+        fallback = ("an out-of-memory error would halve it, the memory watch adjusts it" if by_memory
                     else "no timing")
         return batch, lq_size, Decision(0, "batch", {}, (
             f"start-up search skipped: it would cost at least {least:.0f} steps, over {share:.0%} of this "
             f"{total_iter}-iteration run; the tier's batch {batch} is kept ({fallback})"))
     started = time.perf_counter()
     with learner.probing():
-        if accelerator.is_gpu:
+        if by_memory:
             total = accelerator.total_memory()
 
             def try_batch(size: int, lq: int) -> int | None:
-                return peak_memory_of(lambda: _synthetic_step(learner, size, lq, scale), accelerator)
+                return probe_peak(learner, size, lq, scale)
 
             lq_sizes = [s for s in lq_candidates(lq_size, preset.lq_size_min, preset.lq_size_max)
                         if s <= cfg.hardware_tier.max_lq_size and (largest_lq is None or s <= largest_lq)]
