@@ -34,6 +34,9 @@ OWN_TESTS = ("debug.", "train.resume=", "logger=")
 USER_PAGES = ("README.md", "index.md", "training.md", "realistic.md", "architectures.md")
 SIMULATED_CARD = {"gpus": [{"name": "NVIDIA GeForce RTX 3090", "vram_gb": 24.0, "compute_capability": [8, 6]}],
                   "cpu_cores": 16, "ram_gb": 64.0}
+# The search on a simulated card runs its probes on the CPU: a small card keeps them few and small.
+SMALL_CARD = {"gpus": [{"name": "Small card", "vram_gb": 0.25, "compute_capability": [8, 6]}], "cpu_cores": 2,
+              "ram_gb": 8.0}
 
 
 def training_commands() -> list[tuple[dict[str, str], list[str]]]:
@@ -77,6 +80,7 @@ def user_folders(tmp_path_factory) -> dict[str, Path]:
         save(folders["PHOTOS"] / f"{i}.jpg", scene(80 + i, 96), quality=50)
     (root / "3090.json").write_text(json.dumps(SIMULATED_CARD))
     folders["3090.json"] = root / "3090.json"
+    (root / "small_card.json").write_text(json.dumps(SMALL_CARD))
     folders["LR_x4"] = _image_set(root / "LR_x4", 8, 192, 0, scale=4)
     return folders
 
@@ -153,7 +157,8 @@ def test_realistic_training_runs_the_batch_search(target, card, user_folders, tm
             "automation.batch.search_share=2"]
     if target:
         args.append(f"data.target_path={user_folders['PHOTOS']}")
-    env = {"ZEROSR_SIMULATE_GPU": "1", "ZEROSR_FAKE_HARDWARE": str(user_folders["3090.json"])} if card else {}
+    card_file = user_folders["HR"].parent / "small_card.json"
+    env = {"ZEROSR_SIMULATE_GPU": "1", "ZEROSR_FAKE_HARDWARE": str(card_file)} if card else {}
     run_dir = assert_trained(run_train(args, tmp_path, env), tmp_path)
     reason = batch_decision(run_dir)
     assert reason.startswith("start-up search in"), reason
