@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from test_scaling import train_py
-from test_train import make_dataset, tiny_overrides
+from test_train import PIXEL_METRICS, make_dataset, tiny_overrides
 from zerosr.engine.checkpoint import load_training_state, save_training_state
 
 MSSSIM = ("train.losses=[{_target_:zerosr.losses.CharbonnierLoss,weight:1.0},"
@@ -38,8 +38,8 @@ def one_error_line(out) -> str:
 def test_other_losses_or_a_gan_are_one_line(saved_run, tmp_path, change, named):
     data, run, _ = saved_run
     state = run / "training_state" / "state_00000006.pt"
-    out = train_py(*tiny_overrides(data), change, f"train.resume={state}", f"hydra.run.dir={tmp_path / 'new'}",
-                   cwd=tmp_path)
+    out = train_py(*tiny_overrides(data), change, *PIXEL_METRICS, f"train.resume={state}",
+                   f"hydra.run.dir={tmp_path / 'new'}", cwd=tmp_path)
     line = one_error_line(out)
     assert named in line and "train.pretrain=" in line and "net_g_ema_00000006.safetensors" in line
     assert not (tmp_path / "new" / "training_state").exists()  # nothing trained
@@ -78,9 +78,10 @@ def test_the_same_settings_still_resume(saved_run, tmp_path):
 def test_a_discriminator_of_another_size_is_one_line(saved_run, tmp_path):
     data, _, _ = saved_run
     gan_run = tmp_path / "gan"
-    out = train_py(*tiny_overrides(data), GAN, f"hydra.run.dir={gan_run}", cwd=tmp_path)
+    out = train_py(*tiny_overrides(data), GAN, *PIXEL_METRICS, f"hydra.run.dir={gan_run}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     wider = GAN.replace("num_feat:8", "num_feat:16")
-    out = train_py(*tiny_overrides(data), wider, f"train.resume={gan_run / 'training_state' / 'state_00000006.pt'}",
+    out = train_py(*tiny_overrides(data), wider, *PIXEL_METRICS,
+                   f"train.resume={gan_run / 'training_state' / 'state_00000006.pt'}",
                    f"hydra.run.dir={tmp_path / 'new'}", cwd=tmp_path)
     assert "its networks do not fit this run's" in one_error_line(out)
