@@ -149,13 +149,15 @@ def test_a_custom_network_trains_end_to_end_above_bicubic_and_is_rebuilt_from_it
 
     # zerosr.upscale and zerosr.evaluate rebuild it from the file alone.
     env = {**os.environ, "PYTHONPATH": str(HERE)}
-    up = subprocess.run([sys.executable, "-m", "zerosr.upscale", str(run), str(data[1]), "--output", str(tmp_path / "up")],
+    up = subprocess.run([sys.executable, "-m", "zerosr.upscale", str(run), str(data[1]), str(tmp_path / "up")],
                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert up.returncode == 0, up.stderr[-2000:]
     assert len(list((tmp_path / "up").iterdir())) == len(list(data[1].iterdir()))
-    ev = subprocess.run([sys.executable, "-m", "zerosr.evaluate", str(best), str(data[0]), "--lq", str(data[1])],
+    ev = subprocess.run([sys.executable, "-m", "zerosr.evaluate", str(best), "--hr", str(data[0]), "--lr", str(data[1]),
+                         "--json"],
                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert ev.returncode == 0, ev.stderr[-2000:]
+    assert "psnr" in ev.stdout
 
 
 @pytest.mark.parametrize("target, says", [
@@ -230,3 +232,19 @@ def test_build_custom_passes_scale_and_params_and_checks_the_output():
     with pytest.raises(UserError, match="arch.params has depth, which test_custom_arch.TinyNet does not take"):
         archs.build("custom", 2, "test_custom_arch.TinyNet", depth=3)
     assert torch.is_tensor(model(torch.rand(1, 3, 8, 8)))
+
+
+def test_a_custom_network_exports_to_onnx_from_its_file(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from zerosr.export import export_onnx
+
+    torch.manual_seed(0)
+    path = archs.save(archs.build("custom", 2, "test_custom_arch.TinyNet", width=4), tmp_path / "tiny.safetensors")
+    model = archs.load(path)
+    with torch.no_grad():  # a non-zero tail, so the learned path shows in the output
+        model.tail.weight.normal_(0, 0.1)
+    onnx_file = export_onnx(model, tmp_path / "tiny.onnx")
+    lq = torch.rand(1, 3, 20, 28)
+    (out,) = ort.InferenceSession(str(onnx_file)).run(None, {"input": lq.numpy()})
+    with torch.no_grad():
+        assert out.shape == (1, 3, 40, 56) and np.abs(out - model(lq).numpy()).max() < 1e-4

@@ -73,7 +73,12 @@ Two things, and no other file changes:
 
    The file is the one home of these numbers: `build`, weight recognition and the Hydra config
    all read it. With `lr_source: range-test rule` the LR must be what `config.presets.lr_from_range_test`
-   gives for `divergence_lr` (a test checks every option).
+   gives for `divergence_lr` (a test checks every option). To measure a new option:
+   `python bench/lr_presets.py --data BSD100_X2 --variants <anchor option> <option> --seed 0`, then
+   `--seed 1`; its `divergence_lr` values give `lr` by the rule.
+
+   `network` may also be a factory that picks a class from its params (two generations of a
+   network in one family); `build` passes it every key of `params` and `scale`.
 
 `arch=custom` (any `nn.Module` by `_target_`) is not a family: see `archs.custom`.
 """
