@@ -14,8 +14,12 @@ class HardwareDetector:
 
     def __init__(self, arch: str | None = None):
         """`arch`: a built-in arch option (`conf/arch/<arch>.yaml`); None: train.py's default."""
-        from zerosr.archs.spec import variant
+        from zerosr.archs.spec import CUSTOM, variant
+        from zerosr.errors import UserError
 
+        if arch == CUSTOM:
+            raise UserError("--arch custom: the recommendations are for a built-in option; a custom network's batch "
+                            "is searched when it trains")
         if arch is not None:
             variant(arch)  # an unknown name is one line listing the known ones
         self.hardware: Hardware = probe()

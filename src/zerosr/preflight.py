@@ -282,9 +282,10 @@ def _check_network(cfg: DictConfig) -> None:
             raise UserError(f"arch._target_ names your own network, which needs arch=custom (not arch={cfg.arch.name}): "
                             f"add arch=custom or drop arch._target_")
         return
-    from zerosr.archs.custom import build_custom, check_contract
+    from zerosr.archs.custom import check_contract
+    from zerosr.archs.spec import build
 
-    check_contract(build_custom(cfg.arch.get("_target_"), int(cfg.scale), dict(cfg.arch.params)), int(cfg.scale))
+    check_contract(build(CUSTOM, int(cfg.scale), cfg.arch.get("_target_"), **cfg.arch.params), int(cfg.scale))
 
 
 def _check_weights(cfg: DictConfig, report: Report) -> None:

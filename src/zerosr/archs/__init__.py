@@ -1,8 +1,8 @@
 """Super-resolution networks, by family (see `spec.py`: how a family is described and added).
 
-    model = build("paragonsr2_s", scale=4)            # hyper-parameters from conf/arch/paragonsr2_s.yaml
-    save(model, "s_x4.safetensors")                   # weights + family, variant, scale and params
-    model = load("s_x4.safetensors")                  # rebuilt from the file alone
+    model = build(option, scale=4)                    # hyper-parameters from conf/arch/<option>.yaml
+    save(model, "x4.safetensors")                     # weights + family, variant, scale and params
+    model = load("x4.safetensors")                    # rebuilt from the file alone
 
 The trainer calls `build(cfg.arch.name, cfg.scale, cfg.arch._target_, **cfg.arch.params)`;
 `arch=custom` builds the user's own network by its import path (`custom.py`).

@@ -19,8 +19,6 @@ from torch import nn
 
 from zerosr.errors import UserError
 
-from .spec import CUSTOM, mark
-
 # The LR side of the contract check: small, and a multiple of the usual window sizes (8, 16, 32).
 CHECK_SIZE = 32
 
@@ -43,7 +41,8 @@ def import_target(target: str | None):
 
 
 def build_custom(target: str | None, scale: int, params: dict) -> nn.Module:
-    """The user's network at `scale`, marked so that `archs.save` records `target` and `params`."""
+    """The user's network at `scale`, with `arch_target` set (`spec.build` marks the rest, so that
+    `archs.save` records `target` and `params`)."""
     network = import_target(target)
     if not callable(network):
         raise UserError(f"arch._target_={target} is a {type(network).__name__}, not a network class: "
@@ -68,7 +67,7 @@ def build_custom(target: str | None, scale: int, params: dict) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise UserError(f"arch._target_={target} made a {type(model).__name__}, not an nn.Module: name a network class")
     model.arch_target = str(target)
-    return mark(model, CUSTOM, CUSTOM, int(scale), params)
+    return model
 
 
 def check_contract(model: nn.Module, scale: int) -> None:

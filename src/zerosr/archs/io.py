@@ -251,7 +251,7 @@ class Weights:
 
     path: Path
     state: dict
-    name: str  # the arch option, e.g. paragonsr2_nano, or custom
+    name: str  # the arch option (a conf/arch file's name), or custom
     scale: int
     params: dict
     label: str  # how messages name the file, e.g. "best.safetensors" or "train.pretrain=PATH"
@@ -259,7 +259,7 @@ class Weights:
 
     @property
     def holds(self) -> str:
-        """What the file holds, as messages name it: `paragonsr2_s x4`, `custom my_pkg.Net x2`."""
+        """What the file holds, as messages name it: `<option> x4`, `custom my_pkg.Net x2`."""
         return f"{self.name}{f' {self.target}' if self.target else ''} x{self.scale}"
 
 

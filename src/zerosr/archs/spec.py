@@ -214,7 +214,8 @@ def variant(option: str) -> Variant:
     """The built-in option `option`; a name it does not know is one line listing the known ones."""
     known = variants()
     if option not in known:
-        raise UserError(f"unknown architecture {option!r}: choose one of {', '.join(options())}")
+        raise UserError(f"unknown architecture {option!r}: choose one of {', '.join(known)}, or {CUSTOM} with "
+                        "arch._target_=your.Network")
     return known[option]
 
 
@@ -250,7 +251,7 @@ def build(option: str, scale: int, target: str | None = None, **params) -> nn.Mo
     if option == CUSTOM:
         from zerosr.archs.custom import build_custom
 
-        return build_custom(target, scale, params)
+        return mark(build_custom(target, scale, params), CUSTOM, CUSTOM, int(scale), params)
     chosen = variant(option)
     owner = family(chosen.family)
     if isinstance(scale, bool) or scale not in owner.scales:

@@ -17,8 +17,8 @@ the square-root rule because a preset applies at the variant's own tier batch; t
 geometric mean over the seeds, rounded down to the E6 series (1, 1.5, 2.2, 3.3, 4.7, 6.8): up to
 a step below the measurement, whose seed-to-seed spread is about 30 %.
 
-The anchor is the one option with `preset.lr_anchor: true` (ParagonSR2 nano): the only variant
-whose LR was chosen by training, `python bench/quality.py --iters 6000` and `--iters 600 --seeds 0
+The anchor is the one option with `preset.lr_anchor: true` (the smallest built-in variant, "nano"
+below): the only variant whose LR was chosen by training, `python bench/quality.py --iters 6000` and `--iters 600 --seeds 0
 1 2` (batch 8, 32 px, BSD100 x2): warm-up + cosine gave 32.37 / 32.52 / 32.66 / 32.65 dB at 1e-3 /
 2e-3 / 4e-3 / 8e-3 after 6000 iterations, so its preset is 4e-3. `RULE_LR` is 1e-3, nano's earlier
 preset, not its 4e-3: the larger variants were measured against 1e-3 and keep those LRs until

@@ -43,7 +43,7 @@ class ArchPreset:
 
 @dataclass
 class ArchConfig:
-    name: str = MISSING  # the option, e.g. paragonsr2_nano or custom (conf/arch/<name>.yaml)
+    name: str = MISSING  # the option: a conf/arch/<name>.yaml, or custom
     family: str = MISSING  # the architecture family (zerosr/archs/spec.py), or custom
     variant: str | None = None  # the variant inside its family, e.g. nano
     _target_: str | None = None  # arch=custom: import path of your nn.Module, e.g. my_pkg.MyNet

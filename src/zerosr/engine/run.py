@@ -18,6 +18,7 @@ from zerosr.engine import distributed
 from zerosr.engine.accelerator import current as current_accelerator
 from zerosr.engine.killpoints import kill_point
 from zerosr.engine.loop import Trainer
+from zerosr.engine.preset_lr import settle_preset_lr
 from zerosr.engine.startup import analyse_dataset, find_lr, search_batch_size
 from zerosr.report.plots import write_plots
 from zerosr.report.progress import Progress
@@ -45,6 +46,8 @@ def start_up(trainer: Trainer) -> None:
     torchrun rank 0 measures on its own and every rank adopts what it found."""
     suite, cfg, learner = trainer.suite, trainer.cfg, trainer.learner
     trainer.record(trainer.data.decisions)  # taken while the data was built (degradation calibration)
+    if trainer.preset_decision is not None:
+        trainer.record([trainer.preset_decision])  # arch=custom: how its preset LR was measured
     if distributed.is_main():
         user_set = user_set_keys("train")
         if suite.batch.enabled and "batch_size" not in user_set:
@@ -86,7 +89,12 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 def _train(cfg: DictConfig, run_dir: Path) -> float:
     started = time.perf_counter()
     cfg = resolved_once(cfg)
+    # arch=custom: the preset LR by the range-test rule (cached), before anything uses the LR.
+    preset_decision = settle_preset_lr(cfg)
+    if preset_decision is not None:
+        print(f"preset lr    {cfg.arch.preset.lr:g}: {preset_decision.reason}", flush=True)
     trainer = Trainer(cfg, run_dir)
+    trainer.preset_decision = preset_decision
     print(f"data         {trainer.data.description}", flush=True)
     resumed = trainer.resume_if_asked()
     if resumed is not None:

@@ -9,8 +9,8 @@ family's `Tiling` (`zerosr.archs.spec`), read here and nowhere else:
 - `context`: the overlap is at least this many LR pixels;
 - `grid`: tiles start at multiples of it (and the overlap is rounded up to one), so e.g. every
   tile attends over the same attention windows as the whole image;
-- `whole_image`: forward inputs computed once over the whole image (a global statistic such as
-  ParagonSR2's content-aware gain) and given to every tile.
+- `whole_image`: forward inputs computed once over the whole image (a global statistic, such as
+  a detail gain from the image's average content) and given to every tile.
 
 Tiles of one shape run `batch_size` at a time. Call it under `torch.no_grad()`.
 """

@@ -1,0 +1,146 @@
+"""arch=custom: the preset LR, measured at start-up by the range-test rule and cached.
+
+The built-in presets come from `bench/lr_presets.py` and the rule in `zerosr.config.presets`:
+zerosr's LR range test at batch 4 on 24 px LR patches over the run's 100-point grid 1e-7..1,
+seeds 0 and 1, gives the LR at which a network's loss diverges; the preset is the rule applied to
+it and to the anchor variant's. A custom network gets the same measurement on the run's own
+training data, with the anchor measured beside it on the same batches (where a loss diverges
+depends on the data), and the same rule, with the custom preset's batch hint.
+
+The result is cached per network class, parameters, scale and tier in
+`lr_presets.json` of zerosr's cache folder (`$ZEROSR_CACHE_DIR`, default `~/.cache/zerosr`): the measurement is paid once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from zerosr.archs.spec import anchor
+from zerosr.atomic import atomic_write_bytes
+from zerosr.automations.base import Decision
+from zerosr.automations.lr import exponential_lrs, lr_range_test
+from zerosr.config.presets import RULE_LR, lr_from_range_test
+from zerosr.engine.data import BatchStream, build_data, cache_dir
+from zerosr.engine.learner import Learner
+
+PROBE_BATCH = 4
+PROBE_LQ_SIZE = 24
+GRID = {"min_lr": 1e-7, "max_lr": 1.0, "steps": 100}  # lr_range_test's own grid, as the run's finder uses it
+SEEDS = (0, 1)
+
+
+@dataclass(frozen=True)
+class MeasuredLR:
+    lr: float
+    divergence: list[float]  # the network's, per seed
+    anchor_divergence: list[float]  # the anchor's, per seed, on the same batches
+    seconds: float
+    cached: bool
+
+    def decision(self, anchor_option: str) -> Decision:
+        how = "cached" if self.cached else f"measured in {self.seconds:.0f} s"
+        return Decision(0, "lr", {"preset_lr": (None, self.lr)}, (
+            f"preset LR {how} by the range-test rule: divergence LR {_list(self.divergence)} (seeds "
+            f"{', '.join(map(str, SEEDS))}) against {anchor_option}'s {_list(self.anchor_divergence)} on the same "
+            f"batches ({PROBE_BATCH} x {PROBE_LQ_SIZE}px)"))
+
+
+def cache_file() -> Path:
+    return cache_dir() / "lr_presets.json"
+
+
+def cache_key(cfg: DictConfig) -> str:
+    arch = cfg.arch
+    return json.dumps({"target": arch.get("_target_"), "params": OmegaConf.to_container(arch.params, resolve=True),
+                       "scale": int(cfg.scale), "tier": str(cfg.hardware_tier.name)}, sort_keys=True)
+
+
+def settle_preset_lr(cfg: DictConfig) -> Decision | None:
+    """Fill in `arch.preset.lr` (and `train.lr` where it follows the preset) of a resolved config
+    whose preset LR is still to be measured; returns the decision to record, None if none was due
+    (a preset LR or a train.lr given by the user: nothing to measure)."""
+    if cfg.arch.preset.lr is not None or cfg.train.lr is not None:
+        return None
+    measured = measure(cfg)
+    with open_dict(cfg):
+        cfg.arch.preset.lr = measured.lr
+        if cfg.train.lr is None:
+            cfg.train.lr = measured.lr
+        if "lr" in cfg.train.optimizer and cfg.train.optimizer.lr is None:
+            cfg.train.optimizer.lr = measured.lr
+    return measured.decision(anchor().option)
+
+
+def measure(cfg: DictConfig) -> MeasuredLR:
+    """The custom network's preset LR from its cache entry, or from range tests now (then cached)."""
+    key, path = cache_key(cfg), cache_file()
+    cache = _read(path)
+    if key in cache:
+        entry = cache[key]
+        return MeasuredLR(entry["lr"], entry["divergence"], entry["anchor_divergence"], 0.0, True)
+    started = time.perf_counter()
+    probe = _probe_config(cfg)
+    base = anchor()
+    anchor_probe = _probe_config(cfg, base)
+    data = build_data(probe).train
+    ours = [divergence_lr(probe, data, seed) for seed in SEEDS]
+    theirs = [divergence_lr(anchor_probe, data, seed) for seed in SEEDS]
+    lr = lr_from_range_test(ours, theirs, int(cfg.arch.preset.batch_size), int(base.preset["batch_size"]))
+    seconds = time.perf_counter() - started
+    cache = _read(path)  # another run may have written meanwhile
+    cache[key] = {"lr": lr, "divergence": ours, "anchor_divergence": theirs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
+    return MeasuredLR(lr, ours, theirs, seconds, False)
+
+
+def divergence_lr(probe: DictConfig, dataset, seed: int) -> float:
+    """The LR at which the network's range-test loss diverges (the grid's top if it never does)."""
+    from zerosr.engine.accelerator import current
+    from zerosr.engine.loop import seed_everything
+
+    accelerator = current()
+    seed_everything(seed, False, accelerator.is_gpu)
+    learner = Learner(probe, accelerator)
+    stream = BatchStream(dataset, PROBE_BATCH, seed + 2)
+    try:
+        def step_at(value: float) -> float:
+            batch = stream.next_batch()
+            return learner.train_on(batch["lq"], batch["gt"], value)
+
+        result = lr_range_test(step_at, lambda: None, **GRID)
+    finally:
+        stream.close()
+    grid = exponential_lrs(GRID["min_lr"], GRID["max_lr"], GRID["steps"])
+    return float(f"{grid[min(len(result.lrs), len(grid) - 1)]:.4g}")
+
+
+def _probe_config(cfg: DictConfig, variant=None) -> DictConfig:
+    """The run's config as a range test needs it: 4 x 24 px batches, no pretrain, a placeholder LR
+    (the test sets its own at every step); with `variant`, that built-in network instead."""
+    probe = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(probe):
+        probe.train.update(batch_size=PROBE_BATCH, lq_size=PROBE_LQ_SIZE, pretrain=None, lr=RULE_LR, lr_scale=1.0)
+        probe.train.optimizer.lr = RULE_LR
+        probe.debug.inject_oom_at = []
+        if variant is not None:
+            probe.arch = {"name": variant.option, "family": variant.family, "variant": variant.variant,
+                          "_target_": None, "params": dict(variant.params), "preset": dict(variant.preset)}
+    return probe
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _list(values: list[float]) -> str:
+    return " / ".join(f"{v:.2g}" for v in values)
+

@@ -1,0 +1,183 @@
+"""The family spec: every conf/arch option is a registered family's variant, presets follow the
+range-test rule, the config reads the preset's clip and loss-schedule fields, a new family needs
+only its own file and options, and generic code never imports or names a family."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from zerosr import archs
+from zerosr.archs import io, spec
+from zerosr.config.compose import compose_config
+from zerosr.config.presets import lr_from_range_test, round_down_e6
+from zerosr.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "zerosr"
+
+
+@pytest.mark.parametrize("option", list(spec.variants()))
+def test_every_option_is_a_registered_familys_variant_that_builds_at_every_scale(option):
+    chosen = spec.variant(option)
+    owner = spec.family(chosen.family)
+    assert option in owner.variants
+    for scale in owner.scales:
+        with torch.device("meta"):
+            model = archs.build(option, scale)
+        assert (model.arch_name, model.arch_family, model.scale) == (option, owner.name, scale)
+        assert model.arch_params == chosen.params
+
+
+def test_presets_made_by_the_range_test_rule_are_what_the_rule_gives():
+    anchor = spec.anchor()
+    assert anchor.preset["lr_source"] == "long-run benchmark"
+    ruled = [v for v in spec.variants().values() if v.preset["lr_source"] == "range-test rule"]
+    assert ruled
+    for chosen in ruled:
+        preset = chosen.preset
+        assert preset["lr"] == lr_from_range_test(preset["divergence_lr"], anchor.preset["divergence_lr"],
+                                                  preset["batch_size"], anchor.preset["batch_size"]), chosen.option
+
+
+def test_the_rule_rounds_the_geometric_mean_down_to_e6():
+    assert round_down_e6(2.9e-4) == 2.2e-4 and round_down_e6(1e-4) == 1e-4 and round_down_e6(6.79e-5) == 4.7e-5
+    # s against nano, BSD100 x2: 2.8e-2 / 3.3e-2 vs 6.3e-2 / 8.7e-2, batch hints 16 and 32
+    assert lr_from_range_test([2.8e-2, 3.3e-2], [6.3e-2, 8.7e-2], 16, 32) == 2.2e-4
+    with pytest.raises(ValueError):
+        lr_from_range_test([1e-2], [1e-2, 2e-2], 16, 32)
+
+
+def test_clip_and_loss_schedule_come_from_the_preset_fields():
+    cfg = compose_config(["arch=paragonsr2_xl"])
+    assert cfg.automation.clip.percentile == cfg.arch.preset.clip_percentile == 90.0
+    assert cfg.automation.loss_schedule.max_weight == cfg.arch.preset.loss_schedule.max_weight == 100.0
+    changed = compose_config(["arch=paragonsr2_xl", "arch.preset.clip_percentile=93.5",
+                              "arch.preset.loss_schedule.momentum=0.5"])
+    assert changed.automation.clip.percentile == 93.5 and changed.automation.loss_schedule.momentum == 0.5
+    assert compose_config(["arch.preset.clip_percentile=40"]).automation.clip.percentile == 80.0  # clamped
+
+
+def test_arch_options_are_files_naming_family_and_variant():
+    files = sorted(p.stem for p in (ROOT / "conf" / "arch").glob("*.yaml"))
+    assert files == sorted(spec.options())
+    cfg = compose_config(["arch=paragonsr2_s"])
+    assert (cfg.arch.family, cfg.arch.variant, cfg.arch.params.num_feat) == ("ParagonSR2", "s", 48)
+
+
+def test_unknown_options_families_and_scales_are_one_line():
+    with pytest.raises(UserError, match="unknown architecture 'nope': choose one of .*, or custom with arch._target_"):
+        spec.variant("nope")
+    with pytest.raises(UserError, match="unknown architecture family 'Nope': zerosr knows ParagonSR2"):
+        spec.family("Nope")
+
+
+# --- a new family: one file (here: this module) and one conf/arch file -------------------------
+
+
+class ToyNet(nn.Module):
+    def __init__(self, scale: int, width: int = 4):
+        super().__init__()
+        self.scale = scale
+        self.body = nn.Conv2d(3, width, 3, padding=1)
+        self.up = nn.Conv2d(width, 3 * scale * scale, 3, padding=1)
+
+    def forward(self, x):
+        return nn.functional.pixel_shuffle(self.up(self.body(x)), self.scale)
+
+
+def recognise_toy(state, variants):
+    body, up = state.get("body.weight"), state.get("up.weight")
+    if body is None or up is None:
+        return None
+    width, scale = body.shape[0], round((up.shape[0] / 3) ** 0.5)
+    for option, params in variants.items():
+        if params["width"] == width:
+            return spec.Recognised(option, scale, dict(params))
+    return None
+
+
+TOY = spec.Family(name="Toy", network=ToyNet, scales=(2, 4), recognise=recognise_toy,
+                  tiling=lambda model: spec.Tiling(context=5, grid=4), feature_width=lambda p: p["width"], onnx=False)
+
+TOY_YAML = """name: toy_small
+family: Toy
+variant: small
+params: {width: 6}
+preset: {lr: 1.0e-3, lr_source: by hand, batch_size: 8, total_iter: 1000, warmup_iter: 10, ema_decay: 0.999,
+         betas: [0.9, 0.99], weight_decay: 0.0, lq_size: 32, lq_size_min: 16, lq_size_max: 64,
+         clip_percentile: 97.0, loss_schedule: {momentum: 0.9, adaptation_rate: 0.01, max_weight: 10.0,
+         adaptation_threshold: 0.05, baseline_iterations: 50}}
+"""
+
+
+@pytest.fixture
+def toy_family(tmp_path, monkeypatch):
+    arch_dir = tmp_path / "arch"
+    shutil.copytree(ROOT / "conf" / "arch", arch_dir)
+    (arch_dir / "toy_small.yaml").write_text(TOY_YAML)
+    monkeypatch.setattr(spec, "ARCH_DIR", arch_dir)
+    registered = {**spec.families(), "Toy": TOY}
+    monkeypatch.setattr(spec, "families", lambda: registered)
+    monkeypatch.setattr(io, "families", lambda: registered)
+    spec.variants.cache_clear()
+    yield
+    spec.variants.cache_clear()
+
+
+def test_a_new_family_builds_saves_loads_recognises_and_tiles_through_the_spec(toy_family, tmp_path):
+    from zerosr.engine.tiling import tile_geometry
+    from zerosr.export import export_onnx
+
+    model = archs.build("toy_small", 4)
+    assert isinstance(model, ToyNet) and model.body.out_channels == 6
+    path = archs.save(model, tmp_path / "toy.safetensors")
+    assert isinstance(archs.load(path), ToyNet)
+    torch.save({"params_ema": model.state_dict()}, tmp_path / "toy.pth")  # traiNNer's wrapping, no metadata
+    assert archs.read_weights(tmp_path / "toy.pth").holds == "toy_small x4"
+    with pytest.raises(UserError, match="toy.safetensors holds toy_small x4, but the run uses paragonsr2_nano x4"):
+        archs.read_weights(path, "paragonsr2_nano", 4)
+    assert tile_geometry(model, 64, 2) == (64, 8, 4)  # context 5 rounded up to the grid of 4
+    assert spec.feature_width(model) == 6
+    with pytest.raises(UserError, match="Toy networks do not export to ONNX"):
+        export_onnx(model, tmp_path / "toy.onnx")
+    with pytest.raises(UserError, match="toy_small does not support scale 3"):
+        archs.build("toy_small", 3)
+
+
+# --- generic code knows no family ---------------------------------------------------------------
+
+GENERIC_ARCHS = {"spec", "io", "custom", "__init__"}  # every other module of archs/ belongs to a family
+
+
+def test_no_module_outside_a_family_imports_a_family_file():
+    for path in SRC.rglob("*.py"):
+        if path.parent.name == "archs" and path.stem not in GENERIC_ARCHS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                module = node.module if node.level == 0 else f"zerosr.archs.{node.module}"
+                imported = [module, *(f"{module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in imported:
+                parts = name.split(".")
+                is_module = len(parts) > 2 and (SRC / "archs" / f"{parts[2]}.py").is_file()
+                assert not (parts[:2] == ["zerosr", "archs"] and is_module and parts[2] not in GENERIC_ARCHS), (path, name)
+
+
+def test_generic_code_and_config_never_name_paragonsr2():
+    allowed = {SRC / "archs" / "paragonsr2.py", SRC / "archs" / "paragonsr2_family.py"}
+    for path in [*SRC.rglob("*.py"), *(ROOT / "conf").rglob("*.yaml")]:
+        if path in allowed or path.parent.name == "arch" or path.name == "train.yaml":
+            continue  # conf/arch holds the options; train.yaml names the default one
+        text = path.read_text()
+        assert not re.search("paragon", text, re.IGNORECASE) or "launcher" in path.parts, path
