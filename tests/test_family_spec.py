@@ -74,7 +74,7 @@ def test_arch_options_are_files_naming_family_and_variant():
 def test_unknown_options_families_and_scales_are_one_line():
     with pytest.raises(UserError, match="unknown architecture 'nope': choose one of .*, or custom with arch._target_"):
         spec.variant("nope")
-    with pytest.raises(UserError, match="unknown architecture family 'Nope': zerosr knows ParagonSR2"):
+    with pytest.raises(UserError, match="unknown architecture family 'Nope': zerosr knows .*ParagonSR2"):
         spec.family("Nope")
 
 
