@@ -68,7 +68,8 @@ class Trainer:
         self.device = accelerator.device
         self.learner = Learner(cfg, accelerator)
         self.sync = self.learner.sync
-        self.data = build_data(cfg)
+        with accelerator.host():  # decoding, caching and calibrating the data use host memory on a GPU too
+            self.data = build_data(cfg)
         self.stream = BatchStream(self.data.train, train.batch_size, train.seed,
                                   rank=distributed.rank(), world_size=distributed.world_size(),
                                   num_workers=tier.num_workers, pin_memory=tier.pin_memory and accelerator.kind == "cuda",
