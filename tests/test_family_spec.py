@@ -153,7 +153,12 @@ def test_a_new_family_builds_saves_loads_recognises_and_tiles_through_the_spec(t
 
 # --- generic code knows no family ---------------------------------------------------------------
 
-FAMILY_MODULES = {"paragonsr2", "paragonsr2_family"}
+# The files of the registered families: where each network and its weight recognition live.
+FAMILY_MODULES = {
+    module.rpartition(".")[2]
+    for entry in spec.families().values()
+    for module in (entry.network.__module__, entry.recognise.__module__)
+}
 
 
 def test_no_module_outside_a_family_imports_a_family_file():

@@ -358,7 +358,7 @@ def test_attention_tiles_sit_on_the_window_grid():
     lr = torch.rand(1, 3, 100, 90)
     with torch.no_grad():
         difference = (tiled_forward(model, lr, 2, tile=80, overlap=0) - model(lr)).abs().max().item()
-    assert difference <= 1e-3  # attention reaches the whole map: close, not equal
+    assert difference <= 1e-2  # attention reaches the whole map: close, not equal
 
 
 # --------------------------------------------------------------------------------------------
