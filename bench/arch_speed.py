@@ -1,11 +1,14 @@
 """Training-step speed of the ParagonSR2 variants on this machine, printed as JSON.
 
 One step = forward + L1 loss + backward + AdamW update, batch 8, 48x48 LR patches, x2 by default.
-With `--reference PATH` the original traiNNer-redux `paragonsr2_arch.py` is loaded from PATH
-(it is never part of this repository), given the same weights, and timed in the same run with
-the two models alternating step by step, so load changes on the machine hit both alike.
+With `--reference PATH` the original `paragonsr2_arch.py` is loaded from PATH (it is never part of
+this repository), given the same weights, and timed in the same run with the two models
+alternating step by step, so load changes on the machine hit both alike. `--family` picks the
+generation: ParagonSR2 (nano..xl, reference: traiNNer-redux's file) or ParagonSR2-gen2
+(realtime..pro, reference: Phhofm/ParagonSR2's file); the factories share the option names.
 
     python bench/arch_speed.py --reference /tmp/ref/paragonsr2_arch.py --variants nano,s --iters 5
+    python bench/arch_speed.py --family ParagonSR2-gen2 --reference /tmp/gen2/paragonsr2_arch.py --variants realtime
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ import types
 import torch
 
 from zerosr.archs import build, family
-
-VARIANTS = family("ParagonSR2").variants
 
 
 def load_reference(path: str) -> types.ModuleType:
@@ -95,8 +96,9 @@ def bench_variant(name: str, args, reference) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", help="path to traiNNer-redux paragonsr2_arch.py to compare with")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list, e.g. nano,s or paragonsr2_m")
+    parser.add_argument("--family", default="ParagonSR2", help="ParagonSR2 (nano..xl) or ParagonSR2-gen2 (realtime..pro)")
+    parser.add_argument("--reference", help="path to the generation's reference paragonsr2_arch.py to compare with")
+    parser.add_argument("--variants", help="comma list, e.g. nano,s or paragonsr2_m (default: the family's all)")
     parser.add_argument("--iters", type=int, default=5, help="timed steps per model (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
     parser.add_argument("--batch", type=int, default=8)
@@ -107,10 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    names = [v if v.startswith("paragonsr2_") else f"paragonsr2_{v}" for v in args.variants.split(",") if v]
-    unknown = [n for n in names if n not in VARIANTS]
+    known = family(args.family).variants
+    chosen = args.variants.split(",") if args.variants else list(known)
+    names = [v if v.startswith("paragonsr2_") else f"paragonsr2_{v}" for v in chosen if v]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     reference = load_reference(args.reference) if args.reference else None
 
     results = {}
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = bench_variant(name, args, reference)
         print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
     report = {
+        "family": args.family,
         "step": "forward+backward+AdamW",
         "device": "cpu",
         "threads": torch.get_num_threads(),
