@@ -411,12 +411,21 @@ def measure(variant: str, args, work: Path, report: Report, accelerator) -> None
         # A quarter of the searched batch (at most 8): fp32 needs about twice the activations of bf16.
         report.part(variant, "agreement", lambda: agreement(cfg, accelerator, max(1, min(8, state["batch"] // 4)),
                                                             args.agreement_steps), accelerator)
-    if variant == "nano" or "degradation" not in report.data:
+    if "degradation" not in report.data:  # the first variant's step is what the degradation is judged against
         report.data["nano_step"] = {"variant": variant, "batch": state["batch"], "lq": state["lq"], "ms": state["step_ms"]}
 
 
 GAN_LOSSES = ("[{_target_:zerosr.losses.CharbonnierLoss,weight:1.0},{_target_:zerosr.losses.GANLoss,weight:0.05,"
               "discriminator:{_target_:zerosr.losses.UNetDiscriminatorSN,num_feat:16}}]")
+
+
+def once_per_run(report: Report, accelerator, args) -> None:
+    """The degradation's cost against the first variant's step, and device-vs-CPU LR."""
+    nano = report.data.pop("nano_step", {})
+    batch, lq = nano.get("batch") or 4, nano.get("lq") or 32
+    report.part(None, "degradation", lambda: degradation_cost(accelerator, batch, lq, 2, nano.get("ms"),
+                                                             3 if args.quick else 10), accelerator)
+    report.part(None, "lr_equality", lambda: lr_equality(accelerator, min(batch, 8), lq, 2), accelerator)
 
 
 def main() -> None:
@@ -463,18 +472,14 @@ def main() -> None:
               "compile": not args.no_compile, "gan": args.gan, "archs": args.archs}
     report = Report(args.out, header, budget)
     with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(sys.stderr), accelerator.active():
-        for variant in args.archs:
+        for index, variant in enumerate(args.archs):
             try:
                 measure(variant, args, Path(folder), report, accelerator)
             except Exception as error:  # noqa: BLE001 - building the run failed: recorded, on to the next
                 report.data["results"].setdefault(variant, {})["error"] = f"{type(error).__name__}: {error}"[:500]
                 report.save()
-        nano = report.data.pop("nano_step", {})
-        batch, lq = nano.get("batch", 4), nano.get("lq", 32)
-        scale = 2
-        report.part(None, "degradation", lambda: degradation_cost(accelerator, batch, lq, scale, nano.get("ms"),
-                                                                 3 if args.quick else 10), accelerator)
-        report.part(None, "lr_equality", lambda: lr_equality(accelerator, min(batch, 8), lq, scale), accelerator)
+            if index == 0:  # right after the first (smallest) variant: its step is the yardstick
+                once_per_run(report, accelerator, args)
     report.save()
     print(json.dumps(report.data, indent=2))
     failed = [f"{v}.{k}" for v, parts in report.data["results"].items() for k, part in

@@ -114,3 +114,29 @@ def test_tf32_stays_out_of_the_device_degradation(tmp_path):
     within = ((got - expected).abs() <= 1 / 255 + 1e-6).float().mean().item()
     assert within >= 0.999, within
     assert torch.equal(got, expected)  # and on this path, exactly
+
+
+def test_the_blur_reuses_few_fft_sizes(monkeypatch):
+    # Second-round sizes vary from sample to sample; every new FFT size makes a new cuFFT plan.
+    # The transform is rounded up to a multiple of 32, and the result is unchanged by it.
+    import numpy as np
+
+    from zerosr.data import realistic
+    from zerosr.data.kernels import gaussian_kernel
+
+    sizes, rfft2 = set(), torch.fft.rfft2
+
+    def recorded(x, *args, **kwargs):
+        sizes.add(tuple(x.shape[-2:]))
+        return rfft2(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.fft, "rfft2", recorded)
+    kernel = gaussian_kernel(7, 1.5)
+    for side in range(40, 72):  # 32 different image sizes
+        image = torch.rand(1, 3, side, side + 3)
+        blurred = realistic.filter_batch(image, [kernel])
+        padded = torch.nn.functional.pad(image, (3, 3, 3, 3), mode="reflect")
+        direct = torch.nn.functional.conv2d(padded, torch.from_numpy(np.ascontiguousarray(kernel[::-1, ::-1]))
+                                            .float()[None, None].repeat(3, 1, 1, 1), groups=3)
+        assert torch.allclose(blurred, direct, atol=1e-5)
+    assert len(sizes) <= 4, sizes

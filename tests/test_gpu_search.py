@@ -124,7 +124,9 @@ def test_compile_happens_once_after_the_search(card, data, tmp_path, monkeypatch
                                                 "hardware_tier": "high_end", "automation.batch.max_batch_size": 8})),
           run_dir)
     probes = events.index("compile")
-    assert probes > 0 and events == ["probe"] * probes + ["compile"]
+    # The search's eager probes, one compile, then the chosen size confirmed through the compiled step.
+    assert probes > 0 and events.count("compile") == 1 and set(events) - {"compile"} == {"probe"}
+    assert 0 < len(events) - probes - 1 <= 2 * 2  # one probe of two steps, maybe a smaller second
     searched = [d for d in records(run_dir, "automation.jsonl") if d["automation"] == "batch"][0]
     assert searched["reason"].startswith("start-up search in")
     first = [r for r in records(run_dir, "metrics.jsonl") if "loss" in r][0]
@@ -247,3 +249,32 @@ def test_cudnn_autotunes_the_training_step_only(card, data, tmp_path):  # noqa: 
     assert probes and not any(probes)
     assert stepped and all(stepped)
     assert validated and not any(validated) and not torch.backends.cudnn.benchmark
+
+
+def test_the_searched_batch_is_confirmed_through_the_compiled_step(card, data, tmp_path, monkeypatch):  # noqa: F811
+    # The probes run the eager generator; training runs the compiled one, whose memory differs.
+    # Here the "compiled" forward holds 4 MiB more per sample: the batch must shrink to fit.
+    sim = card(0.02, capability=(8, 6))
+    monkeypatch.setattr(SimulatedAccelerator, "compiles", True)
+    held = []
+
+    def fake_compile(model, **kwargs):
+        def compiled(x):
+            held.append(torch.zeros(x.shape[0], 2**20))  # 4 MiB a sample, kept while the step runs
+            return model(x)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    trainer = Trainer(compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 400,
+                                                            "hardware_tier": "high_end",
+                                                            "automation.batch.max_batch_size": 16})),
+                      tmp_path / "run")
+    monkeypatch.setattr(Learner, "train_on", lambda self, *a, _t=Learner.train_on: (held.clear(), _t(self, *a))[1])
+    try:
+        with sim.active():
+            batch, _, decision = search_batch_size(trainer.learner, trainer.cfg, 2, 8, keep_lq_size=True)
+    finally:
+        trainer.close()
+    budget = (trainer.cfg.automation.batch.target_vram_usage - trainer.cfg.automation.batch.safety_margin) * sim.total
+    assert "the compiled step needs more" in decision.reason
+    assert batch * 4 * 2**20 < budget and batch < 8

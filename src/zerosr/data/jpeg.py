@@ -35,6 +35,12 @@ def scaled_table(base: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     return torch.floor((base[None] * scale[:, None, None] + 50.0) / 100.0).clamp(1, 255)
 
 
+@lru_cache(maxsize=16)
+def _base_table(kind: str, device: str) -> torch.Tensor:
+    """The standard quantisation table, made on each device once (a copy per call would sync)."""
+    return torch.tensor(LUMA_TABLE if kind == "luma" else CHROMA_TABLE, dtype=torch.float32, device=device)
+
+
 @lru_cache(maxsize=8)
 def _dct_matrix(device: str) -> torch.Tensor:
     k = torch.arange(8, dtype=torch.float64)[:, None]
@@ -77,8 +83,8 @@ def jpeg_roundtrip(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     cr = 0.5 * r - 0.418688 * g - 0.081312 * b + 128.0
     chroma = F.avg_pool2d(torch.stack([cb, cr], 1), 2)  # 4:2:0
     quality = quality.to(images.device)
-    luma_tables = scaled_table(torch.tensor(LUMA_TABLE, dtype=torch.float32, device=images.device), quality)
-    chroma_tables = scaled_table(torch.tensor(CHROMA_TABLE, dtype=torch.float32, device=images.device), quality)
+    luma_tables = scaled_table(_base_table("luma", str(images.device)), quality)
+    chroma_tables = scaled_table(_base_table("chroma", str(images.device)), quality)
     y = _quantise_plane(y, luma_tables)
     chroma = torch.stack([_quantise_plane(chroma[:, i], chroma_tables) for i in range(2)], 1)
     chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)

@@ -105,6 +105,14 @@ def draw_params(seed: int, settings: DegradationSettings) -> SampleParams:
 FFT_STEP = 32
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`. To a GPU through pinned memory, without waiting: a plain copy
+    from pageable memory makes the host wait for the GPU's queue, once per kernel or quality."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def filter_batch(images: torch.Tensor, kernels: Sequence[np.ndarray]) -> torch.Tensor:
     """Each image (N, C, H, W) filtered by its own kernel, reflected borders, as an FFT product."""
     size = max(k.shape[0] for k in kernels)
@@ -117,7 +125,7 @@ def filter_batch(images: torch.Tensor, kernels: Sequence[np.ndarray]) -> torch.T
     # plan cache) where every second-round size would make a new one.
     ph, pw = (-(-size // FFT_STEP) * FFT_STEP for size in padded.shape[-2:])
     padded = F.pad(padded, (0, pw - padded.shape[-1], 0, ph - padded.shape[-2]))
-    stacked = torch.from_numpy(np.stack([pad_kernel(k, size) for k in kernels])).to(images.device)
+    stacked = to_device(torch.from_numpy(np.stack([pad_kernel(k, size) for k in kernels])), images.device)
     # The kernel's centre at (0, 0) of a zero plane: the circular product is then centred, and the
     # pad keeps the wrap-around out of the cropped result.
     plane = torch.zeros(n, ph, pw, device=images.device, dtype=images.dtype)
@@ -191,7 +199,7 @@ def _compress(images: list[torch.Tensor], codecs: list[tuple[str, float]]) -> li
     height, width = height + (-height) % 16, width + (-width) % 16
     batch = torch.cat([F.pad(images[i], (0, width - images[i].shape[-1], 0, height - images[i].shape[-2]),
                              mode="replicate") for i in jpeg])
-    quality = torch.tensor([round(codecs[i][1]) for i in jpeg], dtype=torch.float32)
+    quality = to_device(torch.tensor([round(codecs[i][1]) for i in jpeg], dtype=torch.float32), batch.device)
     for i, result in zip(jpeg, jpeg_roundtrip(batch, quality).split(1)):
         out[i] = result[..., :images[i].shape[-2], :images[i].shape[-1]]
     return out

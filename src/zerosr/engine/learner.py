@@ -96,6 +96,7 @@ class Learner:
         self.sync = distributed.is_distributed()
         self.forward = self.model  # `compile()` replaces it once the start-up probes are done
         self._compile = bool(tier.compile) and accelerator.compiles
+        self._compiled = None
         # cuDNN autotuning for the training step alone: its patch shape is fixed, so the search
         # runs once (not for the probes' many shapes, nor validation's; `probing()` turns it off).
         self.autotune = accelerator.is_gpu and not bool(train.deterministic)
@@ -106,8 +107,9 @@ class Learner:
         """torch.compile the training forward (hardware_tier.compile, real GPUs only), once, after
         the start-up search: it traces at the first step, for the chosen batch and patch shape,
         instead of once for every probed shape."""
-        if self._compile and self.forward is self.model:
-            self.forward = torch.compile(self.model)
+        if self._compile:
+            self._compiled = self._compiled or torch.compile(self.model)
+            self.forward = self._compiled
 
     # --- state: one list of parts for checkpoints, rollbacks and probes -------------------------
     def parts(self) -> dict:
@@ -129,13 +131,19 @@ class Learner:
             return tree_map(lambda value: value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor)
                             else copy.deepcopy(value), self.state_dict())
 
+    @property
+    def will_compile(self) -> bool:
+        return self._compile
+
     @contextlib.contextmanager
-    def probing(self):
+    def probing(self, compiled: bool = False):
         """Steps inside run on this rank alone and leave no trace: every part and torch's RNG are
-        put back afterwards, so the run starts from the same weights whatever was measured."""
+        put back afterwards, so the run starts from the same weights whatever was measured. They
+        run the plain generator, or with `compiled` (single process only) the compiled forward."""
         saved, rng = self.snapshot(), torch.get_rng_state()
         forward, sync, autotune = self.forward, self.sync, self.autotune
-        self.forward, self.sync, self.autotune = self.module, False, False
+        self.forward = forward if compiled and not self.sync else self.module
+        self.sync, self.autotune = False, False
         try:
             yield self
         finally:

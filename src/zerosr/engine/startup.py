@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from zerosr.archs.spec import feature_width
 from zerosr.automations import analyse, cpu_batch_size, find_batch_size, lr_range_test, peak_memory_of
 from zerosr.automations.base import Decision
-from zerosr.automations.batch import NOT_RUN, PROBE_STEPS, lq_candidates, memory_size
+from zerosr.automations.batch import NOT_RUN, PROBE_STEPS, lq_candidates, memory_budget, memory_size
 from zerosr.automations.lr import LRController
 from zerosr.engine.data import BatchStream
 from zerosr.engine.learner import Learner
@@ -44,6 +44,22 @@ def probe_peak(learner: Learner, batch: int, lq_size: int, scale: int) -> int | 
         message = str(error)
     learner.recover_from_oom()
     raise torch.OutOfMemoryError(message)
+
+
+def _confirm_compiled(learner: Learner, batch: int, lq_size: int, scale: int, budget: float, min_batch: int) -> int:
+    """The searched batch run through the compiled forward training will use (its memory differs
+    from the eager probes'): compiled here, once, at the chosen shape, and shrunk in proportion
+    while its peak is over `budget`."""
+    learner.compile()
+    with learner.probing(compiled=True):
+        while True:
+            try:
+                peak = probe_peak(learner, batch, lq_size, scale)
+            except torch.OutOfMemoryError:
+                peak = math.inf
+            if peak is None or peak <= budget or batch <= min_batch:
+                return batch
+            batch = max(min_batch, min(batch - 1, int(batch * budget / peak)) if math.isfinite(peak) else batch // 2)
 
 
 def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: int,
@@ -101,6 +117,13 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
                    f"{auto.target_vram_usage:.0%} of {memory_size(total)}")
             if len(ran) < len(probes):
                 why += f", stopped at the cost bound ({share:.0%} of the run: {bound:.0f} steps)"
+            if learner.will_compile and not learner.sync:
+                confirmed = _confirm_compiled(learner, new_batch, new_lq, scale,
+                                              memory_budget(total, auto.target_vram_usage, auto.safety_margin),
+                                              int(auto.min_batch_size))
+                if confirmed != new_batch:
+                    why += f"; the compiled step needs more: {confirmed}"
+                new_batch = confirmed
             if validator is not None:
                 tile = validator.tile
                 fitted = validator.fit_tile(learner.ema.module, learner.channels_last)
