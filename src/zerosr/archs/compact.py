@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layout import option_for, same_layout, seq_len, shuffle_scale
-from .spec import Family, Recognised, Tiling
+from .layout import recognise_option, same_layout, seq_len, shuffle_scale
+from .spec import Family, Tiling
 
 SCALES: tuple[int, ...] = (2, 3, 4, 8)
 
@@ -53,16 +53,11 @@ def recognise(state: dict[str, torch.Tensor]) -> tuple[int, dict] | None:
     return scale, params
 
 
-def _recognised(state: dict, variants: dict[str, dict]) -> Recognised | None:
-    found = recognise(state)
-    return None if found is None else Recognised(option_for(found[1], variants), *found)
-
-
 FAMILY = Family(
     name="Compact",
     network=Compact,
     scales=SCALES,
-    recognise=_recognised,
+    recognise=recognise_option(recognise),
     # Receptive field: num_conv + 2 chained 3x3 convolutions: exact.
     tiling=lambda model: Tiling(context=model.num_conv + 2),
     feature_width=lambda params: params["num_feat"],

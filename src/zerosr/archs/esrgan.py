@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layout import option_for, same_layout, seq_len
-from .spec import Family, Recognised, Tiling
+from .layout import recognise_option, same_layout, seq_len
+from .spec import Family, Tiling
 
 # x2 runs an x4 body on a pixel-unshuffled input; x3 has no form spandrel reads back.
 SCALES: tuple[int, ...] = (2, 4, 8)
@@ -184,16 +184,11 @@ def recognise(state: dict[str, torch.Tensor]) -> tuple[int, dict] | None:
     return scale, params
 
 
-def _recognised(state: dict, variants: dict[str, dict]) -> Recognised | None:
-    found = recognise(state)
-    return None if found is None else Recognised(option_for(found[1], variants), *found)
-
-
 FAMILY = Family(
     name="ESRGAN",
     network=ESRGAN,
     scales=SCALES,
-    recognise=_recognised,
+    recognise=recognise_option(recognise),
     # ~350 LR pixels of receptive field; 32 keep tiled outputs within 0.01/255 on initialised
     # networks. The x2 form unshuffles 2x2 pixel blocks: tiles start on even pixels.
     tiling=lambda model: Tiling(context=32, grid=model.shuffle),

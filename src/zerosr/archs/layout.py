@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from .spec import Recognised
+
 
 def seq_len(state: Mapping[str, object], prefix: str) -> int:
     """1 + the highest index N among keys `prefix.N...` (0 when there are none)."""
@@ -38,6 +40,17 @@ def same_layout(state: Mapping[str, torch.Tensor], make: Callable[[], nn.Module]
     except (ValueError, RuntimeError, TypeError):
         return False
     return expected == {key: tuple(value.shape) for key, value in state.items()}
+
+
+def recognise_option(read: Callable[[dict], tuple[int, dict] | None]):
+    """A family's `recognise` made from `read(state) -> (scale, hyper-parameters) | None`: the
+    option named is the variant those hyper-parameters fit (`option_for`)."""
+
+    def recognise(state: dict, variants: dict[str, dict]) -> Recognised | None:
+        found = read(state)
+        return None if found is None else Recognised(option_for(found[1], variants), *found)
+
+    return recognise
 
 
 def option_for(params: dict, variants: dict[str, dict]) -> str:

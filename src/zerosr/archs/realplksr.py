@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import trunc_normal_
 
-from .layout import option_for, same_layout, seq_len, shuffle_scale
-from .spec import Family, Recognised, Tiling
+from .layout import recognise_option, same_layout, seq_len, shuffle_scale
+from .spec import Family, Tiling
 
 INIT_STD = 0.02
 SCALES: tuple[int, ...] = (2, 3, 4, 8)
@@ -161,16 +161,11 @@ def recognise(state: dict[str, torch.Tensor]) -> tuple[int, dict] | None:
     return scale, params
 
 
-def _recognised(state: dict, variants: dict[str, dict]) -> Recognised | None:
-    found = recognise(state)
-    return None if found is None else Recognised(option_for(found[1], variants), *found)
-
-
 FAMILY = Family(
     name="PLKSR",
     network=RealPLKSR,
     scales=SCALES,
-    recognise=_recognised,
+    recognise=recognise_option(recognise),
     # The receptive field spans ~300 LR pixels (a 17x17 kernel per block); 48 pixels of context
     # keep tiled outputs within 0.01/255 of whole-image ones on freshly initialised networks.
     tiling=lambda model: Tiling(context=48),

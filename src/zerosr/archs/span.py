@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layout import option_for, same_layout, shuffle_scale
-from .spec import Family, Recognised, Tiling
+from .layout import recognise_option, same_layout, shuffle_scale
+from .spec import Family, Tiling
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 SCALES: tuple[int, ...] = (2, 3, 4, 8)
@@ -161,16 +161,11 @@ def recognise(state: dict[str, torch.Tensor]) -> tuple[int, dict] | None:
     return scale, params
 
 
-def _recognised(state: dict, variants: dict[str, dict]) -> Recognised | None:
-    found = recognise(state)
-    return None if found is None else Recognised(option_for(found[1], variants), *found)
-
-
 FAMILY = Family(
     name="SPAN",
     network=SPAN,
     scales=SCALES,
-    recognise=_recognised,
+    recognise=recognise_option(recognise),
     # Receptive field: 20 chained 3x3 convolutions and the upsampler's 3x3: exact at 21 LR pixels.
     tiling=lambda model: Tiling(context=21),
     feature_width=lambda params: params["feature_channels"],
