@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,18 @@ def test_a_replayed_cpu_config_trains_on_a_gpu_with_its_target(data, tmp_path):
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, "ZEROSR_FAKE_HARDWARE": str(card_file), "ZEROSR_SIMULATE_GPU": "1"})
     cpu_tier_steps_on_the_card(tmp_path / "cli", out, int(0.01 * 2**30))
+
+
+def test_a_storage_freed_inside_the_cards_bookkeeping_does_not_hang_it():
+    """A garbage collection that runs while `_track` holds the card's lock frees storages on the
+    same thread, whose callbacks take the lock again: that must not deadlock the run."""
+    card = SimulatedAccelerator("Test card", 2**20, (8, 6))
+
+    def free_inside_the_lock():
+        with card._lock:
+            card._freed(12345, 0)  # what such a callback does
+
+    worker = threading.Thread(target=free_inside_the_lock, daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "the card's lock deadlocked on a nested free"

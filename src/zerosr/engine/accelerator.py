@@ -182,7 +182,9 @@ class SimulatedAccelerator(CpuAccelerator):
         self.allocated = 0
         self.peak = 0
         self.on_host = 0  # inside `host()`: nothing is counted
-        self._lock = threading.Lock()  # storages may be freed from another thread (the loader's)
+        # Storages may be freed from another thread (the loader's), and from this one inside the
+        # lock: a garbage collection run while the bookkeeping allocates fires `_freed` there.
+        self._lock = threading.RLock()
 
     @property
     def name(self) -> str:
