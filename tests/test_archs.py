@@ -104,7 +104,7 @@ def test_fast_body_mode_halves_depth_like_the_reference():
 @pytest.mark.parametrize(
     "call, expected",
     [
-        (lambda: build("paragonsr2_huge", 2), "unknown architecture 'paragonsr2_huge': choose one of paragonsr2_nano"),
+        (lambda: build("paragonsr2_huge", 2), "unknown architecture 'paragonsr2_huge': choose one of "),
         (lambda: build("paragonsr2_nano", 5), "paragonsr2_nano does not support scale 5: use one of 2, 3, 4, 8"),
         (lambda: build("paragonsr2_nano", True), "does not support scale True"),
         (lambda: build("paragonsr2_nano", 2, num_heads=4), "unknown parameter(s) num_heads for paragonsr2_nano"),
@@ -115,6 +115,14 @@ def test_build_errors_are_one_line_user_errors(call, expected):
     with pytest.raises(UserError) as info:
         call()
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_unknown_option_lists_every_option():
+    from zerosr.archs import options
+
+    with pytest.raises(UserError) as info:
+        build("paragonsr2_huge", 2)
+    assert all(option in str(info.value) for option in options())
 
 
 # --------------------------------------------------------------------------------------------
