@@ -308,7 +308,9 @@ def measure(variant: str, args, work: Path, report: Report, accelerator) -> None
     if args.no_compile:
         overrides.append("hardware_tier.compile=false")
     if args.gan:
-        overrides += [f"train.losses={GAN_LOSSES}", "automation.loss_schedule.gan_delay=0"]
+        # Scored by PSNR/SSIM: LPIPS/DISTS would need pretrained files a GPU machine without network lacks.
+        overrides += [f"train.losses={GAN_LOSSES}", "automation.loss_schedule.gan_delay=0",
+                      "train.val_metrics=[psnr,ssim]", "train.select_metric=psnr"]
     cfg = compose_config(overrides)
     trainer = Trainer(cfg, work / variant)
     cfg, learner = trainer.cfg, trainer.learner
