@@ -308,7 +308,7 @@ def test_doctor_cli_one_line_per_problem_exit_2(data, tmp_path):
 
 
 @pytest.mark.parametrize("override, words", [
-    ("arch=foo", "arch=foo is not an option: use one of paragonsr2_l"),
+    ("arch=foo", "arch=foo is not an option: use one of compact, custom, esrgan"),
     ("hardware_tier=tiny", "hardware_tier=tiny is not an option: use one of auto"),
     ("train.batch_size=big", "train.batch_size=big: Value 'big'"),
     ("train.no_such_key=1", "train.no_such_key is not a config key"),
