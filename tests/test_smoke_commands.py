@@ -27,8 +27,8 @@ FOLDERS = PLACEHOLDERS
 # Not training runs: they compose, explain or sweep (the docs test covers composing them).
 NOT_TRAINING = ("--cfg", "--info", "--help", "dry_run=true", " -m ", "--multirun", "--config-dir", "hydra/launcher")
 # Commands of another topic, each run by its own tests: faults injected on purpose, a resume of an
-# earlier run, an online logger.
-OWN_TESTS = ("debug.", "train.resume=", "logger=")
+# earlier run, an online logger, a placeholder network of the user's (tests/test_custom_arch.py).
+OWN_TESTS = ("debug.", "train.resume=", "logger=", "arch=custom")
 # The pages a new user trains from; elsewhere only the simulated card's run (the docs test
 # composes every command of every page).
 USER_PAGES = ("README.md", "index.md", "training.md", "realistic.md", "architectures.md")
