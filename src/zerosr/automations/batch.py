@@ -15,14 +15,17 @@ an out-of-memory error halves the batch. A size that ever failed is never used a
 larger one (memory grows with the batch).
 
 CPU tier. There is no VRAM: `cpu_batch_size` measures samples/s for the candidate sizes that fit a
-RAM budget and keeps the tier's size unless another is more than 5 % faster, then takes the
-fastest. (Ties went to the smallest size before; measured on bsd100, nano, 524 iterations: batch
-4 ended 0.17 dB below batch 8 at the same throughput, since it sees half the data.)
+RAM budget, in interleaved rounds, and keeps the tier's size unless another is more than 10 %
+faster in every round. A single reading decided before, and a busy neighbour process flipped it
+(nano on BSD100 went to batch 4, "4: 18, 8: 15 samples/s", and trained on half the samples); in
+one round every size meets the same load. (Ties went to the smallest size earlier still; measured
+on bsd100, nano, 524 iterations: batch 4 ended 0.17 dB below batch 8 at the same throughput.)
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -31,7 +34,8 @@ import torch
 from zerosr.automations.base import Automation, Decision, param
 from zerosr.errors import UserError
 
-CPU_THROUGHPUT_TOLERANCE = 0.05
+CPU_CLEAR_GAIN = 0.10  # another batch replaces the tier's only when this much faster in every round
+CPU_ROUNDS = 3
 PROBE_STEPS = 2  # real steps per probe: Adam allocates its state on the first
 NOT_RUN = "not run: past the search's cost bound"
 
@@ -167,24 +171,31 @@ def peak_memory_of(step: Callable[[], None], memory, repeats: int = PROBE_STEPS)
 
 
 def cpu_batch_size(measure: Callable[[int], float], candidates: Iterable[int], ram_budget_bytes: float,
-                   bytes_per_sample: float, preferred: int | None = None) -> tuple[int, dict[int, float]]:
-    """CPU tier: measure samples/s (`measure(batch)`) for the candidates within the RAM budget;
-    keep `preferred` (the tier's size) when it is within 5 % of the fastest, else take the fastest.
-    Stops measuring once throughput falls below 90 % of the best so far (larger batches only
-    overflow caches further). Returns (batch, samples/s per measured size)."""
+                   bytes_per_sample: float, preferred: int | None = None,
+                   rounds: int = CPU_ROUNDS) -> tuple[int, dict[int, float]]:
+    """CPU tier: measure samples/s (`measure(batch)`, one reading) for the candidates within the
+    RAM budget, `rounds` times, interleaved so a change of load meets every size alike. Keep
+    `preferred` (the tier's size) unless another size beats it by `CPU_CLEAR_GAIN` in every round;
+    of those, the fastest by median. Without `preferred` among them: the fastest by median.
+    Returns (batch, median samples/s per size)."""
     ordered = sorted(set(int(c) for c in candidates if c >= 1))
     if not ordered:
         raise ValueError("cpu_batch_size needs at least one candidate batch size")
     allowed = [c for c in ordered if c * bytes_per_sample <= ram_budget_bytes] or ordered[:1]
-    speeds: dict[int, float] = {}
-    for batch in allowed:
-        speeds[batch] = float(measure(batch))
-        if speeds[batch] < (1 - 2 * CPU_THROUGHPUT_TOLERANCE) * max(speeds.values()):
-            break
-    fastest = max(speeds, key=speeds.get)
-    if preferred in speeds and speeds[preferred] >= (1 - CPU_THROUGHPUT_TOLERANCE) * speeds[fastest]:
-        return preferred, speeds
-    return fastest, speeds
+    readings: dict[int, list[float]] = {batch: [] for batch in allowed}
+    for turn in range(max(1, rounds)):
+        shift = turn % len(allowed)  # each size takes each place in the order
+        for batch in allowed[shift:] + allowed[:shift]:
+            readings[batch].append(float(measure(batch)))
+    medians = {batch: statistics.median(values) for batch, values in readings.items()}
+    if preferred not in readings:
+        return max(medians, key=medians.get), medians
+    clearly_faster = [batch for batch in allowed if batch != preferred
+                      and all(other > (1 + CPU_CLEAR_GAIN) * mine
+                              for other, mine in zip(readings[batch], readings[preferred]))]
+    if not clearly_faster:
+        return preferred, medians
+    return max(clearly_faster, key=medians.get), medians
 
 
 def adjusted_batch(batch: int, peak: float, total_memory: int, target_fraction: float, margin: float,

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from zerosr.archs.spec import feature_width
 from zerosr.automations import analyse, cpu_batch_size, find_batch_size, lr_range_test, peak_memory_of
 from zerosr.automations.base import Decision
-from zerosr.automations.batch import NOT_RUN, PROBE_STEPS, lq_candidates, memory_budget, memory_size
+from zerosr.automations.batch import CPU_CLEAR_GAIN, CPU_ROUNDS, NOT_RUN, PROBE_STEPS, lq_candidates, memory_budget, memory_size
 from zerosr.automations.lr import LRController
 from zerosr.engine.data import BatchStream
 from zerosr.engine.learner import Learner
@@ -134,20 +134,21 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
             per_sample = _bytes_per_sample(cfg, lq_size, feature_width(learner.module))
             budget = auto.ram_budget_fraction * psutil.virtual_memory().available
 
+            warmed: set[int] = set()
+
             def samples_per_second(size: int) -> float:
-                _synthetic_step(learner, size, lq_size, scale)  # warm-up: allocator, Adam state
-                best = math.inf
-                for _ in range(3):  # best of three: a single timed step is too noisy to choose by
-                    begin = time.perf_counter()
+                if size not in warmed:  # the first step of a size pays the allocator and Adam state
                     _synthetic_step(learner, size, lq_size, scale)
-                    best = min(best, time.perf_counter() - begin)
-                return size / best
+                    warmed.add(size)
+                begin = time.perf_counter()
+                _synthetic_step(learner, size, lq_size, scale)
+                return size / (time.perf_counter() - begin)
 
             new_batch, speeds = cpu_batch_size(samples_per_second, _cpu_candidates(batch, auto), budget, per_sample,
                                                preferred=batch)
             rates = ", ".join(f"{b}: {s:.0f}" for b, s in sorted(speeds.items()))
             why = (f"measured samples/s ({rates}) within {budget / 2**30:.1f} GiB RAM: the tier's {batch} "
-                   "unless another is over 5 % faster")
+                   f"unless another is over {CPU_CLEAR_GAIN:.0%} faster in each of {CPU_ROUNDS} interleaved rounds")
     change = {}
     if new_batch != batch:
         change["batch_size"] = (batch, new_batch)
