@@ -45,7 +45,7 @@ from zerosr.archs.spec import anchor, variants
 from zerosr.automations.lr import FINDER_BOUNDS, exponential_lrs, lr_range_test
 from zerosr.bounds import clamp
 from zerosr.config.compose import compose_config
-from zerosr.config.presets import RULE_LR, training_preset
+from zerosr.config.presets import training_preset
 from zerosr.engine.data import BatchStream
 from zerosr.engine.loop import Trainer
 
@@ -113,7 +113,7 @@ def measure(variant: str, data: Path, batch: int, lq_size: int, grid: dict, seed
 
 
 def scale_from_anchor(measured: dict) -> None:
-    """Add `from_anchor_lr` to each option: the range-test rule's RULE_LR times the ratio of
+    """Add `from_anchor_lr` to each option: the anchor's preset LR times the ratio of
     divergence LRs to the anchor's (measured at one batch for all) times sqrt(batch hint / the
     anchor's), because a preset applies at the option's own tier batch (the square-root rule).
     One seed, not rounded: `zerosr.config.presets.lr_from_range_test` makes the preset from the
@@ -124,7 +124,7 @@ def scale_from_anchor(measured: dict) -> None:
     hint = {v: training_preset(v)["batch_size"] for v in measured}
     for option, row in measured.items():
         if row.get("divergence_lr"):
-            row["from_anchor_lr"] = _sig(RULE_LR * row["divergence_lr"] / base["divergence_lr"]
+            row["from_anchor_lr"] = _sig(anchor().preset["lr"] * row["divergence_lr"] / base["divergence_lr"]
                                          * math.sqrt(hint[option] / hint[anchor().option]))
 
 

@@ -123,7 +123,7 @@ def test_a_custom_network_trains_end_to_end_above_bicubic_and_is_rebuilt_from_it
     assert entry["lr"] == measured and len(entry["divergence"]) == len(entry["anchor_divergence"]) == 2
     base = archs.spec.anchor()
     assert measured == preset_lr.lr_from_range_test(entry["divergence"], entry["anchor_divergence"], 16,
-                                                    base.preset["batch_size"])
+                                                    base.preset["batch_size"], base.preset["lr"])
     # ... and the optimizer really started from it (the LR of the first logged steps, in warm-up, is below it).
     steps = [r for r in records(run / "metrics.jsonl") if "lr" in r]
     assert 0 < steps[0]["lr"] <= measured * 1.0001

@@ -42,16 +42,17 @@ def test_presets_made_by_the_range_test_rule_are_what_the_rule_gives():
     assert ruled
     for chosen in ruled:
         preset = chosen.preset
-        assert preset["lr"] == lr_from_range_test(preset["divergence_lr"], anchor.preset["divergence_lr"],
-                                                  preset["batch_size"], anchor.preset["batch_size"]), chosen.option
+        beside = preset.get("anchor_divergence_lr") or anchor.preset["divergence_lr"]  # the anchor in the same runs
+        assert preset["lr"] == lr_from_range_test(preset["divergence_lr"], beside, preset["batch_size"],
+                                                  anchor.preset["batch_size"], anchor.preset["lr"]), chosen.option
 
 
 def test_the_rule_rounds_the_geometric_mean_down_to_e6():
     assert round_down_e6(2.9e-4) == 2.2e-4 and round_down_e6(1e-4) == 1e-4 and round_down_e6(6.79e-5) == 4.7e-5
     # s against nano, BSD100 x2: 2.8e-2 / 3.3e-2 vs 6.3e-2 / 8.7e-2, batch hints 16 and 32
-    assert lr_from_range_test([2.8e-2, 3.3e-2], [6.3e-2, 8.7e-2], 16, 32) == 2.2e-4
+    assert lr_from_range_test([2.8e-2, 3.3e-2], [6.3e-2, 8.7e-2], 16, 32, 4e-3) == 1e-3
     with pytest.raises(ValueError):
-        lr_from_range_test([1e-2], [1e-2, 2e-2], 16, 32)
+        lr_from_range_test([1e-2], [1e-2, 2e-2], 16, 32, 4e-3)
 
 
 def test_clip_and_loss_schedule_come_from_the_preset_fields():

@@ -57,6 +57,7 @@ Two things, and no other file changes:
          lr: 2.2e-4                 # base LR at the batch hint
          lr_source: range-test rule # long-run benchmark | range-test rule | by hand | measured at start-up
          divergence_lr: [2.8e-2, 3.3e-2]   # range test, seeds 0 and 1 (bench/lr_presets.py), or null
+         anchor_divergence_lr: null  # the anchor's in the same runs, where it was measured again
          lr_anchor: false           # true for the one variant the range-test rule scales from
          batch_size: 16             # batch hint (the tier scales it, the search moves it)
          total_iter: 80000
@@ -73,9 +74,11 @@ Two things, and no other file changes:
 
    The file is the one home of these numbers: `build`, weight recognition and the Hydra config
    all read it. With `lr_source: range-test rule` the LR must be what `config.presets.lr_from_range_test`
-   gives for `divergence_lr` (a test checks every option). To measure a new option:
-   `python bench/lr_presets.py --data BSD100_X2 --variants <anchor option> <option> --seed 0`, then
-   `--seed 1`; its `divergence_lr` values give `lr` by the rule.
+   gives for `divergence_lr` against the anchor's (a test checks every option). To measure a new
+   option: `python bench/lr_presets.py --data BSD100_X2 --variants <anchor option> <option> --seed 0`,
+   then `--seed 1`; its `divergence_lr` values give `lr` by the rule. The anchor is measured in the
+   same runs: where its value differs from the anchor file's (the code moved since), record it as
+   `anchor_divergence_lr`, and the rule uses it.
 
    `network` may also be a factory that picks a class from its params (two generations of a
    network in one family); `build` passes it every key of `params` and `scale`.

@@ -27,6 +27,7 @@ class ArchPreset:
     lr: float | None = MISSING  # base learning rate at the batch hint; null: measured at start-up (arch=custom)
     lr_source: str = MISSING  # long-run benchmark | range-test rule | by hand | measured at start-up
     divergence_lr: list[float] | None = None  # LR range test, seeds 0 and 1: where the loss diverged
+    anchor_divergence_lr: list[float] | None = None  # the anchor's, measured in the same runs (null: its own)
     lr_anchor: bool = False  # the one variant the range-test rule scales every other LR from
     batch_size: int = MISSING  # batch-size hint, scaled by the tier
     total_iter: int = MISSING  # default run length

@@ -24,12 +24,13 @@ from zerosr.archs.spec import anchor
 from zerosr.atomic import atomic_write_bytes
 from zerosr.automations.base import Decision
 from zerosr.automations.lr import exponential_lrs, lr_range_test
-from zerosr.config.presets import RULE_LR, lr_from_range_test
+from zerosr.config.presets import lr_from_range_test
 from zerosr.engine.data import BatchStream, build_data, cache_dir
 from zerosr.engine.learner import Learner
 
 PROBE_BATCH = 4
 PROBE_LQ_SIZE = 24
+PROBE_LR = 1e-3  # a placeholder for the optimizer: the range test sets the LR of every step
 GRID = {"min_lr": 1e-7, "max_lr": 1.0, "steps": 100}  # lr_range_test's own grid, as the run's finder uses it
 SEEDS = (0, 1)
 
@@ -90,7 +91,8 @@ def measure(cfg: DictConfig) -> MeasuredLR:
     data = build_data(probe).train
     ours = [divergence_lr(probe, data, seed) for seed in SEEDS]
     theirs = [divergence_lr(anchor_probe, data, seed) for seed in SEEDS]
-    lr = lr_from_range_test(ours, theirs, int(cfg.arch.preset.batch_size), int(base.preset["batch_size"]))
+    lr = lr_from_range_test(ours, theirs, int(cfg.arch.preset.batch_size), int(base.preset["batch_size"]),
+                            float(base.preset["lr"]))
     seconds = time.perf_counter() - started
     cache = _read(path)  # another run may have written meanwhile
     cache[key] = {"lr": lr, "divergence": ours, "anchor_divergence": theirs}
@@ -125,8 +127,8 @@ def _probe_config(cfg: DictConfig, variant=None) -> DictConfig:
     (the test sets its own at every step); with `variant`, that built-in network instead."""
     probe = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(probe):
-        probe.train.update(batch_size=PROBE_BATCH, lq_size=PROBE_LQ_SIZE, pretrain=None, lr=RULE_LR, lr_scale=1.0)
-        probe.train.optimizer.lr = RULE_LR
+        probe.train.update(batch_size=PROBE_BATCH, lq_size=PROBE_LQ_SIZE, pretrain=None, lr=PROBE_LR, lr_scale=1.0)
+        probe.train.optimizer.lr = PROBE_LR
         probe.debug.inject_oom_at = []
         if variant is not None:
             probe.arch = {"name": variant.option, "family": variant.family, "variant": variant.variant,
