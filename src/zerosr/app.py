@@ -46,7 +46,11 @@ def run(cfg: DictConfig) -> float:
             return float("nan")
         from zerosr.engine.run import train
 
-        return train(cfg, run_dir)
+        best = train(cfg, run_dir)
+        # Every rank past its last collective before the group closes: a rank that tore gloo down
+        # while the other still talked to it aborted in C++ at exit now and then (2 CPU ranks).
+        distributed.barrier()
+        return best
     finally:
         forget_user_set()  # the next job in this process (a multirun) records its own
         distributed.shutdown()
