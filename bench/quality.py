@@ -16,7 +16,7 @@ values: momentum 0.95, max_weight 100). Targets: auto >= best hand-set - 0.05 dB
 
 Length mode (`--iters N`): every run is N iterations (`data.run_iter`), no time budget, once per
 seed. Runs: `auto`, and `automation=off` (fixed warm-up + cosine, fixed batch) at three LRs around
-nano's preset: `off_x0.5`, `off_x1`, `off_x2` (half, equal, double the option's preset; each run reports its `lr`);
+the preset: `off_x0.5`, `off_x1`, `off_x2` (half, equal, double the option's preset; each run reports its `lr`);
 `--extra` adds alternatives;
 `--common` overrides go to every run (e.g. a fixed batch, to compare LR policies alone).
 Equal iterations: each run's best validation PSNR, averaged over the seeds. Equal wall-clock: each
