@@ -211,12 +211,16 @@ def test_state_round_trip_keeps_decisions():
     assert clone.factor == lr.factor < 1.0 and clone.lr_at(400) == lr.lr_at(400)
 
 
-def test_adopted_base_lr_stays_near_the_preset():
+def test_a_measured_divergence_ratio_moves_the_preset_within_bounds_and_keeps_the_batch_factor():
     lr = controller()
-    lr.adopt_base_lr(5e-3)
-    assert lr.base_lr == 5e-3
-    decisions = lr.adopt_base_lr(1.0)
-    assert lr.base_lr == pytest.approx(1e-2) and "kept within" in decisions[0].reason
+    lr.scale_for_batch(8, 32, 0)
+    assert lr.factor == 2.0
+    lr.adopt_divergence_ratio(0.5, "test")
+    assert lr.base_lr == pytest.approx(0.5 * lr.preset_lr) and lr.factor == 2.0
+    decisions = lr.adopt_divergence_ratio(100.0, "test")
+    assert lr.base_lr == pytest.approx(4 * lr.preset_lr) and "kept within" in decisions[0].reason
+    lr.adopt_divergence_ratio(1e-3, "test")
+    assert lr.base_lr == pytest.approx(0.25 * lr.preset_lr)
 
 
 def synthetic_curve(center: float, noise: float, seed: int = 0):

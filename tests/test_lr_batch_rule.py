@@ -60,6 +60,10 @@ def searched_batch(run_dir: Path) -> tuple[int, int]:
     return tuple(search["change"]["batch_size"])
 
 
+def starting_lr(run_dir: Path) -> dict:
+    return next(d for d in decisions(run_dir) if "start_lr" in d["change"])
+
+
 def preset_lr(run_dir: Path) -> float:
     return float(yaml.safe_load((run_dir / "resolved_config.yaml").read_text())["train"]["lr"])
 
@@ -71,6 +75,20 @@ def test_a_batch_searched_16x_larger_runs_at_4x_the_lr(data, tmp_path):
     assert (old, new) == (8, 128), out.stdout[-2000:]
     assert optimizer_lr(run_dir) == pytest.approx(4.0 * preset_lr(run_dir), rel=1e-6)
     assert "held at the ceiling" not in out.stdout
+    start = starting_lr(run_dir)  # the start-up line says the LR the optimizer then ran at, and why
+    assert start["change"]["start_lr"][1] == pytest.approx(optimizer_lr(run_dir), rel=1e-6)
+    assert "paragonsr2_nano's preset 0.004 (long-run benchmark)" in start["reason"]
+    assert "x 4 by the square-root rule for the batch" in start["reason"]
+    assert "[lr] iter 0: start_lr None -> 0.016 (starting LR 0.016" in out.stdout
+
+
+def test_the_starting_lr_line_names_the_users_lr_and_scale(data, tmp_path):
+    out, run_dir = searched_run(data, tmp_path, 8, "train.lr=3e-3", "train.lr_scale=0.5")
+    start = starting_lr(run_dir)
+    assert start["change"]["start_lr"][1] == pytest.approx(optimizer_lr(run_dir), rel=1e-6)
+    assert optimizer_lr(run_dir) == pytest.approx(1.5e-3, rel=1e-6)
+    assert "train.lr=0.003 set by you; x train.lr_scale 0.5;" in start["reason"]
+    assert "preset" not in start["reason"] and "square-root" not in start["reason"]
 
 
 def test_past_the_ceiling_the_lr_stops_at_it_and_the_screen_says_so(data, tmp_path):
@@ -79,18 +97,19 @@ def test_past_the_ceiling_the_lr_stops_at_it_and_the_screen_says_so(data, tmp_pa
     assert (old, new) == (8, 256), out.stdout[-2000:]
     assert math.sqrt(new / old) > MAX_LR_FACTOR_CAP  # the rule wants x5.66
     assert optimizer_lr(run_dir) == pytest.approx(MAX_LR_FACTOR_CAP * preset_lr(run_dir), rel=1e-6)
-    decision = [line for line in out.stdout.splitlines() if line.startswith("[lr]")]
+    decision = [line for line in out.stdout.splitlines() if line.startswith("[lr]") and "start_lr" not in line]
     assert len(decision) == 1 and "batch 8 -> 256: square-root rule" in decision[0]
     assert f"held at the ceiling {MAX_LR_FACTOR_CAP:g}" in decision[0]
 
 
-def test_an_lr_found_at_the_searched_batch_is_not_scaled_for_it_again(data, tmp_path):
+def test_the_start_up_lr_measurement_moves_the_preset_and_the_batch_rule_still_applies(data, tmp_path):
     out, run_dir = searched_run(data, tmp_path, 16, "automation.lr.find=true")
     assert searched_batch(run_dir) == (8, 16), out.stdout[-2000:]
-    found = next(d for d in decisions(run_dir) if "LR range test" in d["reason"])
-    assert optimizer_lr(run_dir) == pytest.approx(found["change"]["base_lr"][1], rel=1e-6)
-    assert found["change"]["lr_factor"] == pytest.approx([math.sqrt(2), 1.0])  # the rule's factor for 8 -> 16, dropped
-    assert "held at the ceiling" not in out.stdout  # 8 -> 16 is the largest batch: the rule is followed exactly
+    found = next(d for d in decisions(run_dir) if "base_lr" in d["change"])
+    assert found["change"]["base_lr"][0] == pytest.approx(preset_lr(run_dir))
+    # Measured at the range test's own batch, relative to the preset's: the batch's factor still applies.
+    assert optimizer_lr(run_dir) == pytest.approx(found["change"]["base_lr"][1] * math.sqrt(2), rel=1e-6)
+    assert starting_lr(run_dir)["change"]["start_lr"][1] == pytest.approx(optimizer_lr(run_dir), rel=1e-6)
 
 
 @pytest.mark.parametrize("batch, largest, factor", [(8, 128, 4.0), (8, 16, 1.415), (8, 8, 1.0), (32, 16, 1.0),

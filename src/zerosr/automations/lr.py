@@ -34,8 +34,9 @@ With `enabled=false` the controller gives the project's fixed schedule (warm-up 
 `zerosr.automations.schedule.scheduled_lr`); only the non-finite rollback still lowers it, because
 that is fault handling, not tuning; an early stop then ends the run at once.
 
-`lr_range_test` is the optional start-of-run LR finder (Lightning-style); it takes callables, so
-it needs no trainer and is tested with a synthetic loss curve.
+`lr_range_test` is the LR range test (Lightning-style) behind the presets and the optional start-up
+measurement (`automation.lr.find`, which moves the base LR by `adopt_divergence_ratio`); it takes
+callables, so it needs no trainer and is tested with a synthetic loss curve.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ from zerosr.bounds import clamp
 from zerosr.errors import UserError
 from zerosr.metrics.catalog import METRICS, Metric
 
-# The LR finder may move the base LR at most this far from the preset: a noisy curve must not
-# turn a 2e-4 preset into 1e-1.
-FINDER_BOUNDS = (0.1, 10.0)
+# The start-up LR measurement may move the base LR at most this far from the preset: data unlike
+# any the presets were measured on must not turn a 2e-4 preset into 1e-1.
+FINDER_BOUNDS = (0.25, 4.0)
 # Non-finite steps: this many within this many iterations means the weights, not one batch, are bad.
 NONFINITE_LIMIT = 3
 NONFINITE_WINDOW = 100
@@ -342,16 +343,16 @@ class LRController(Automation):
         return self._set_factor(iteration, self.factor * sqrt_batch_scale(old_batch, new_batch),
                                 f"batch {old_batch} -> {new_batch}: square-root rule")
 
-    def adopt_base_lr(self, found_lr: float, iteration: int = 0) -> list[Decision]:
-        """Take the LR finder's pick as the base LR, kept within FINDER_BOUNDS of the preset."""
+    def adopt_divergence_ratio(self, ratio: float, why: str, iteration: int = 0) -> list[Decision]:
+        """The start-up LR measurement: the preset times `ratio` (where this run's loss diverges
+        against where the preset's did), within FINDER_BOUNDS. The batch's square-root factor stays:
+        the ratio was measured at the range test's own batch, and the preset is for the tier's."""
+        wanted = self.preset_lr * float(ratio)
         low, high = (self.preset_lr * bound for bound in FINDER_BOUNDS)
-        new = clamp(float(found_lr), low, high)
+        new = clamp(wanted, low, high)
+        note = "" if new == wanted else f" (it said {wanted:.3g}, kept within {low:.3g}..{high:.3g})"
         old, self.base_lr = self.base_lr, new
-        note = "" if new == found_lr else f" (finder said {found_lr:.3g}, kept within {low:.3g}..{high:.3g})"
-        # Measured at the batch now in use: a square-root factor for it would count the batch twice.
-        change = {"base_lr": (old, new)} | ({"lr_factor": (self.factor, 1.0)} if self.factor != 1.0 else {})
-        self.factor = 1.0
-        return [self.decision(iteration, f"LR range test: steepest loss descent{note}", **change)]
+        return [self.decision(iteration, f"LR range test: {why}: preset x {ratio:.3g}{note}", base_lr=(old, new))]
 
     # internals --------------------------------------------------------------------------------------
     def _reduce(self, iteration: int, reason: str, hold: bool = False) -> list[Decision]:
@@ -426,8 +427,9 @@ def lr_range_test(step_fn: Callable[[float], float], restore_fn: Callable[[], No
                   beta: float = 0.9, divergence: float = 4.0) -> RangeTestResult:
     """Run `step_fn(lr) -> loss` (one real training step at that LR) at exponentially growing LRs;
     stop once the EMA of the loss exceeds `divergence` x its best or a loss is not finite; always
-    call `restore_fn()` afterwards to put the model and optimizer back. The pick is the steepest
-    descent of the (zero-lag) smoothed curve; pass it to `LRController.adopt_base_lr`."""
+    call `restore_fn()` afterwards to put the model and optimizer back. `lr` is the steepest
+    descent of the (zero-lag) smoothed curve, which `bench/lr_presets.py` reports; what zerosr uses
+    is where the loss diverged (the length of `lrs`), which moves far less with the batch order."""
     result = RangeTestResult(lr=None)
     average, best = 0.0, math.inf
     try:

@@ -46,8 +46,8 @@ class MeasuredLR:
     def decision(self, anchor_option: str) -> Decision:
         how = "cached" if self.cached else f"measured in {self.seconds:.0f} s"
         return Decision(0, "lr", {"preset_lr": (None, self.lr)}, (
-            f"preset LR {how} by the range-test rule: divergence LR {_list(self.divergence)} (seeds "
-            f"{', '.join(map(str, SEEDS))}) against {anchor_option}'s {_list(self.anchor_divergence)} on the same "
+            f"preset LR {how} by the range-test rule: divergence LR {format_lrs(self.divergence)} (seeds "
+            f"{', '.join(map(str, SEEDS))}) against {anchor_option}'s {format_lrs(self.anchor_divergence)} on the same "
             f"batches ({PROBE_BATCH} x {PROBE_LQ_SIZE}px)"))
 
 
@@ -85,9 +85,9 @@ def measure(cfg: DictConfig) -> MeasuredLR:
         entry = cache[key]
         return MeasuredLR(entry["lr"], entry["divergence"], entry["anchor_divergence"], 0.0, True)
     started = time.perf_counter()
-    probe = _probe_config(cfg)
+    probe = probe_config(cfg)
     base = anchor()
-    anchor_probe = _probe_config(cfg, base)
+    anchor_probe = probe_config(cfg, base)
     data = build_data(probe).train
     ours = [divergence_lr(probe, data, seed) for seed in SEEDS]
     theirs = [divergence_lr(anchor_probe, data, seed) for seed in SEEDS]
@@ -107,7 +107,7 @@ def divergence_lr(probe: DictConfig, dataset, seed: int) -> float:
     from zerosr.engine.loop import seed_everything
 
     accelerator = current()
-    seed_everything(seed, False, accelerator.is_gpu)
+    seed_everything(seed, bool(probe.train.deterministic), accelerator.is_gpu)
     learner = Learner(probe, accelerator)
     stream = BatchStream(dataset, PROBE_BATCH, seed + 2)
     try:
@@ -122,7 +122,7 @@ def divergence_lr(probe: DictConfig, dataset, seed: int) -> float:
     return float(f"{grid[min(len(result.lrs), len(grid) - 1)]:.4g}")
 
 
-def _probe_config(cfg: DictConfig, variant=None) -> DictConfig:
+def probe_config(cfg: DictConfig, variant=None) -> DictConfig:
     """The run's config as a range test needs it: 4 x 24 px batches, no pretrain, a placeholder LR
     (the test sets its own at every step); with `variant`, that built-in network instead."""
     probe = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -143,6 +143,6 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def _list(values: list[float]) -> str:
+def format_lrs(values: list[float]) -> str:
     return " / ".join(f"{v:.2g}" for v in values)
 

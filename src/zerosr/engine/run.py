@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from zerosr.automations.base import Decision
 from zerosr.config.resolved import resolved_dict
 from zerosr.config.user_set import user_set_keys
 from zerosr.engine import distributed
@@ -20,7 +21,7 @@ from zerosr.engine.accelerator import current as current_accelerator
 from zerosr.engine.killpoints import kill_point
 from zerosr.engine.loop import Trainer
 from zerosr.engine.preset_lr import settle_preset_lr
-from zerosr.engine.startup import analyse_dataset, find_lr, search_batch_size
+from zerosr.engine.startup import analyse_dataset, find_lr, search_batch_size, starting_lr
 from zerosr.report.plots import write_plots
 from zerosr.report.progress import Progress
 from zerosr.report.summary import summary, validation_line
@@ -65,8 +66,15 @@ def start_up(trainer: Trainer) -> None:
             trainer.logger.log_validation(0, {f"data/{k}": v for k, v in scores.items()})
             print("analysis     " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in scores.items()), flush=True)
         trainer.record(suite.loss_schedule.calibrate(scores))
+        measured_s = trainer.preset_seconds
         if suite.lr.enabled and cfg.automation.lr.find:
-            trainer.record(find_lr(learner, trainer.data.train, trainer.stream.batch_size, cfg.train.seed, suite.lr))
+            if "lr" in user_set:  # the user's LR wins over any measurement
+                trainer.record([Decision(0, "lr", {}, "LR range test skipped: train.lr is set by you")])
+            else:
+                began = time.perf_counter()
+                trainer.record(find_lr(cfg, trainer.data.train, suite.lr))
+                measured_s += time.perf_counter() - began
+        trainer.record([starting_lr(cfg, suite.lr, user_set, trainer.preset_decision, measured_s)])
     if trainer.sync:
         shared = distributed.on_main(lambda: {"automations": suite.state_dict(), "batch_size": trainer.stream.batch_size,
                                               "lq_size": int(trainer.data.train.lq_size)})
@@ -91,11 +99,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     started = time.perf_counter()
     cfg = resolved_once(cfg)
     # arch=custom: the preset LR by the range-test rule (cached), before anything uses the LR.
+    began = time.perf_counter()
     preset_decision = settle_preset_lr(cfg)
+    preset_seconds = time.perf_counter() - began if preset_decision is not None else 0.0
     if preset_decision is not None:
         print(f"preset lr    {cfg.arch.preset.lr:g}: {preset_decision.reason}", flush=True)
     trainer = Trainer(cfg, run_dir)
-    trainer.preset_decision = preset_decision
+    trainer.preset_decision, trainer.preset_seconds = preset_decision, preset_seconds
     print(f"data         {trainer.data.description}", flush=True)
     resumed = trainer.resume_if_asked()
     if resumed is not None:

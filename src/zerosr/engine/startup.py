@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import math
 import time
+from statistics import geometric_mean
 
 import psutil
 import torch
 from omegaconf import DictConfig
 
 from zerosr.archs.spec import feature_width
-from zerosr.automations import analyse, cpu_batch_size, find_batch_size, lr_range_test, peak_memory_of
+from zerosr.automations import analyse, cpu_batch_size, find_batch_size, peak_memory_of
 from zerosr.automations.base import Decision
 from zerosr.automations.batch import CPU_CLEAR_GAIN, CPU_ROUNDS, NOT_RUN, PROBE_STEPS, lq_candidates, memory_budget, memory_size
 from zerosr.automations.lr import LRController
+from zerosr.engine.checkpoint import capture_rng_state, restore_rng_state
 from zerosr.engine.data import BatchStream
 from zerosr.engine.learner import Learner
+from zerosr.engine.preset_lr import SEEDS, divergence_lr, format_lrs, probe_config
 from zerosr.engine.validation import Validator
 from zerosr.errors import UserError
 
@@ -183,20 +186,48 @@ def analyse_dataset(dataset, batch_size: int, seed: int, batches: int) -> dict[s
         stream.close()
 
 
-def find_lr(learner: Learner, dataset, batch_size: int, seed: int, lr: LRController) -> list[Decision]:
-    """Lightning-style LR range test on real batches from a side stream; every part restored."""
-    stream = BatchStream(dataset, batch_size, seed + 2)
+def starting_lr(cfg: DictConfig, lr: LRController, user_set: set[str], measured: Decision | None,
+                measured_s: float) -> Decision:
+    """The start-up screen's and automation.jsonl's one line on the LR: the value the steps after
+    the warm-up run at, each factor that made it, and what measuring it cost (`measured_s`).
+    `measured` is arch=custom's preset measurement, None for a built-in preset."""
+    train, preset = cfg.train, cfg.arch.preset
+    if "lr" in user_set:
+        parts = [f"train.lr={float(train.lr):g} set by you"]
+    elif measured is not None:
+        parts = [f"{cfg.arch.name}'s preset {float(preset.lr):g}, measured at start-up by the range-test rule"]
+    else:
+        parts = [f"{cfg.arch.name}'s preset {float(preset.lr):g} ({preset.lr_source})"]
+    if float(train.lr_scale) != 1:
+        parts.append(f"x train.lr_scale {float(train.lr_scale):g}")
+    if lr.base_lr != lr.preset_lr:
+        parts.append(f"the LR range test moved it to {lr.base_lr:.3g}")
+    if lr.factor != 1:
+        parts.append(f"x {lr.factor:.3g} by the square-root rule for the batch")
+    value = lr.base_lr * lr.factor
+    schedule = ("constant after the warm-up, lowered on plateaus, cooled down at the end" if lr.enabled
+                else "warm-up then cosine: automation.lr is off")
+    cost = f"{measured_s:.1f} s of measurement" if measured_s > 0 else "nothing: no measurement"
+    return Decision(0, "lr", {"start_lr": (None, value)},
+                    f"starting LR {value:.3g}: {'; '.join(parts)}; {schedule}; cost {cost}")
+
+
+def find_lr(cfg: DictConfig, dataset, lr: LRController) -> list[Decision]:
+    """automation.lr.find: the network's divergence LR on this run's data, by the range test its
+    preset was measured with (`zerosr.engine.preset_lr`), against the one recorded in its preset
+    (`arch.preset.divergence_lr`, measured on the reference data). Where the loss diverges depends
+    on the data; the base LR moves by the ratio of the two (geometric means over the seeds). The
+    probe is a network of its own: the run's weights, optimizer and random state are untouched."""
+    reference = cfg.arch.preset.divergence_lr
+    if not reference:
+        return [Decision(0, "lr", {}, "LR range test skipped: this preset records no divergence LR to compare "
+                         "with; keeping the preset LR")]
+    rng = capture_rng_state()
     try:
-        with learner.probing():
-            saved = learner.snapshot()
-
-            def step_at(value: float) -> float:
-                batch = stream.next_batch()
-                return learner.train_on(batch["lq"], batch["gt"], value)
-
-            result = lr_range_test(step_at, lambda: learner.load_state_dict(saved))
+        probe = probe_config(cfg)
+        ours = [divergence_lr(probe, dataset, seed) for seed in SEEDS]
     finally:
-        stream.close()
-    if result.lr is None:
-        return [Decision(0, "lr", {}, "LR range test found no clear descent: keeping the preset LR")]
-    return lr.adopt_base_lr(result.lr, 0)
+        restore_rng_state(rng)
+    return lr.adopt_divergence_ratio(geometric_mean(ours) / geometric_mean(reference),
+                                     f"divergence LR {format_lrs(ours)} on this data against {format_lrs(reference)} "
+                                     f"in the preset (seeds {', '.join(map(str, SEEDS))})")
