@@ -1,12 +1,13 @@
 """Zero-config against hand-set training on held-out images. Prints one JSON object.
 
     python bench/quality.py [--budget-s 150] [--runs auto off_lr1e-4 ...]        # equal wall-clock budget
-    python bench/quality.py --iters 600 --seeds 0 1 2 [--arch OPTION] [--runs ...] [--extra LABEL=KEY=V,KEY=V ...]
+    python bench/quality.py --iters 600 --seeds 0 1 2 [--arch OPTION] [--scale 4] [--runs ...] [--extra LABEL=KEY=V,KEY=V ...]
                             [--common KEY=V ...] [--out FILE]
 
 Every run is `python train.py` on ../shared/data/bsd100_x2 (x2 pairs; `--n-val` held-out pairs
 validate, the rest train), ParagonSR2 nano unless `--arch` names another option (length mode only),
-the same seed within a comparison.
+the same seed within a comparison. `--scale 3|4` (length mode) trains on LR images made from the HR
+by bicubic downscaling instead of the set's x2 LR.
 
 Budget mode (the default): every run gets the same `train.max_minutes` (start-up and validation
 included) and the same run length: the iterations the bare nano step fits into 65 % of the budget
@@ -73,11 +74,13 @@ def iterations_in(budget_s: float, batch: int = 8, lq: int = 48) -> int:
 
 
 def run(label: str, extra: list[str], total_iter: int, n_val: int, workdir: Path, seed: int = 0,
-        budget_s: float | None = None, arch: str = "paragonsr2_nano") -> dict:
+        budget_s: float | None = None, arch: str = "paragonsr2_nano", scale: int = 2) -> dict:
     run_dir = workdir / f"{label}_seed{seed}"
     budget = [] if budget_s is None else [f"train.max_minutes={budget_s / 60}"]
+    # x2: the set's own LR images; another scale: LR made from the HR by bicubic downscaling.
+    pairs = [f"data.lq_path={DATA / 'lr'}"] if scale == 2 else [f"scale={scale}"]
     command = [sys.executable, str(REPO / "train.py"), f"arch={arch}", "data=paired",
-               f"data.gt_path={DATA / 'hr'}", f"data.lq_path={DATA / 'lr'}", f"data.n_val={n_val}",
+               f"data.gt_path={DATA / 'hr'}", *pairs, f"data.n_val={n_val}",
                f"data.run_iter={total_iter}", f"train.seed={seed}", f"hydra.run.dir={run_dir}", *budget, *extra]
     begin = time.perf_counter()
     done = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
@@ -153,7 +156,7 @@ def length_mode(args) -> dict:
         for seed in args.seeds:
             for label, extra in runs.items():
                 result = results[label][seed] = run(label, extra, args.iters, args.n_val, Path(tmp), seed=seed,
-                                                     arch=args.arch)
+                                                     arch=args.arch, scale=args.scale)
                 print(f"seed {seed} {label}: {result['best_psnr']} dB in {result['wall_s']} s",
                       file=sys.stderr, flush=True)
                 if args.out:  # a long benchmark keeps what it measured if it is stopped
@@ -189,6 +192,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--n-val", type=int, default=10)
     parser.add_argument("--arch", default="paragonsr2_nano", help="length mode: the arch option of every run")
+    parser.add_argument("--scale", type=int, default=2,
+                        help="length mode: 2 trains on the set's x2 pairs; 3 or 4 on LR made from its HR by bicubic")
     parser.add_argument("--runs", nargs="*", default=None)
     parser.add_argument("--extra", nargs="*", default=[], help="length mode: LABEL=KEY=VALUE,KEY=VALUE alternatives")
     parser.add_argument("--common", nargs="*", default=[], help="length mode: overrides for every run")
@@ -196,8 +201,9 @@ def main() -> None:
     args = parser.parse_args()
     if not (DATA / "hr").is_dir():
         raise SystemExit(f"error: {DATA} not found: this benchmark needs ../shared/data/bsd100_x2")
-    if args.iters is None and args.arch != "paragonsr2_nano":
-        raise SystemExit("error: --arch needs --iters: the budget mode's run length is calibrated on nano's step")
+    if args.iters is None and (args.arch != "paragonsr2_nano" or args.scale != 2):
+        raise SystemExit("error: --arch and --scale need --iters: the budget mode's run length is calibrated on "
+                         "nano's x2 step")
     table = BUDGET_RUNS if args.iters is None else LENGTH_RUNS
     args.runs = list(table) if args.runs is None else args.runs
     unknown = [label for label in args.runs if label not in table]
@@ -205,7 +211,7 @@ def main() -> None:
         raise SystemExit(f"error: unknown runs {unknown}: choose from {list(table)}")
     began = time.perf_counter()
     report = budget_mode(args) if args.iters is None else length_mode(args)
-    report.update({"data": "../shared/data/bsd100_x2", "arch": args.arch, "n_val": args.n_val,
+    report.update({"data": "../shared/data/bsd100_x2", "arch": args.arch, "scale": args.scale, "n_val": args.n_val,
                    "cpu_count": os.cpu_count(), "bench_s": round(time.perf_counter() - began, 1),
                    "load_average_1min_at_end": (round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None)})
     print(json.dumps(report, indent=2))
