@@ -146,6 +146,8 @@ def test_a_custom_network_trains_end_to_end_above_bicubic_and_is_rebuilt_from_it
                                                          "automation.batch.enabled=false"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "cached by the range-test rule" in again.stdout
+    start = [line for line in again.stdout.splitlines() if "start_lr" in line]
+    assert len(start) == 1 and "cached from an earlier start-up" in start[0] and "cost nothing" in start[0], start
 
     # zerosr.upscale and zerosr.evaluate rebuild it from the file alone.
     env = {**os.environ, "PYTHONPATH": str(HERE)}

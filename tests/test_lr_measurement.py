@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from test_train import bicubic_downscale, make_dataset, write_image
+from zerosr import archs
 from zerosr.automations.lr import exponential_lrs
 from zerosr.engine.checkpoint import load_training_state, state_file_name
 from zerosr.engine.preset_lr import GRID
@@ -38,7 +39,8 @@ def make_stripes(folder: Path, count: int = 6, size: int = 48, seed: int = 0) ->
     return hr_dir, lr_dir
 
 
-def measured_run(data: tuple[Path, Path], run_dir: Path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
+def measured_run(data: tuple[Path, Path], run_dir: Path, *extra: str,
+                 env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """A 6-iteration run with the measurement on; the LR its optimizer ran at in iteration 3 (after
     the 1-step warm-up, before the cool-down)."""
     hr, lr = data
@@ -47,7 +49,7 @@ def measured_run(data: tuple[Path, Path], run_dir: Path, *extra: str) -> tuple[s
             "hardware_tier.num_workers=0", "automation.dataset_analysis.batches=1", "automation.lr.find=true",
             f"hydra.run.dir={run_dir}", *extra]
     out = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "ZEROSR_FAKE_HARDWARE": ""})
+                         env={**os.environ, "ZEROSR_FAKE_HARDWARE": "", **(env or {})})
     assert out.returncode == 0, out.stderr[-3000:]
     state = load_training_state(run_dir / "training_state" / state_file_name(3))
     return out, state["optimizer"]["param_groups"][0]["lr"]
@@ -95,3 +97,27 @@ def test_a_users_lr_wins_over_the_measurement(tmp_path):
     assert optimizer_lr == pytest.approx(1e-3, rel=1e-6)
     assert "LR range test skipped: train.lr is set by you" in out.stdout
     assert not any("base_lr" in d["change"] for d in lr_decisions(tmp_path / "run"))
+
+
+def test_a_custom_network_is_measured_against_its_start_up_preset(tmp_path):
+    """arch=custom has no recorded divergence LR: its start-up preset measurement supplies one,
+    carried over to the presets' data by the anchor's two measurements, and the finder uses it."""
+    cache = tmp_path / "cache"
+    run_dir = tmp_path / "run"
+    out, optimizer_lr = measured_run(
+        make_stripes(tmp_path / "data"), run_dir, "arch=custom", "arch._target_=test_custom_arch.TinyNet",
+        "+arch.params={width: 8}",
+        env={"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+             "ZEROSR_CACHE_DIR": str(cache)})
+    (entry,) = json.loads((cache / "lr_presets.json").read_text()).values()
+    shift = geometric_mean(archs.spec.anchor().preset["divergence_lr"]) / geometric_mean(entry["anchor_divergence"])
+    assert "LR range test skipped" not in out.stdout
+    found = next(d for d in lr_decisions(run_dir) if "base_lr" in d["change"])
+    ours, reference = found["reason"].split("divergence LR ")[1].split(" in the preset")[0].split(" on this data against ")
+    reference = [float(v) for v in reference.split(" / ")]
+    assert reference == pytest.approx([d * shift for d in entry["divergence"]], rel=0.05)  # shown to 2 digits
+    ratio = geometric_mean(float(v) for v in ours.split(" / ")) / geometric_mean(reference)
+    preset = next(d for d in lr_decisions(run_dir) if "preset_lr" in d["change"])["change"]["preset_lr"][1]
+    assert optimizer_lr == pytest.approx(preset * min(4, max(0.25, ratio)), rel=0.1)
+    start = next(d for d in lr_decisions(run_dir) if "start_lr" in d["change"])
+    assert "measured at start-up by the range-test rule" in start["reason"]

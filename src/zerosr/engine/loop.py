@@ -34,6 +34,7 @@ from zerosr.engine.checkpoint import (
 )
 from zerosr.engine.data import BatchStream, build_data
 from zerosr.engine.learner import Learner
+from zerosr.engine.preset_lr import MeasuredLR
 from zerosr.engine.validation import Validator
 from zerosr.errors import UserError
 from zerosr.metrics import catalog
@@ -104,8 +105,7 @@ class Trainer:
         self.decisions: list[Decision] = []
         self.faults = {"nonfinite_skipped": 0, "rollbacks": 0, "oom_retried": 0}
         self.last_good: Path | dict = self.learner.snapshot()
-        self.preset_decision: Decision | None = None  # arch=custom: its measured preset LR (engine.preset_lr)
-        self.preset_seconds = 0.0  # ... and what measuring it cost (nothing when cached)
+        self.preset_measured: MeasuredLR | None = None  # arch=custom: its preset LR (engine.preset_lr)
         self.stopped_early = False
         self.stop_requested = False  # set by Ctrl+C on this rank
         self.stop_agreed = False  # ... and agreed by every rank at the last step

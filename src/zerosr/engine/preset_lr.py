@@ -17,6 +17,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import geometric_mean
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -40,15 +41,24 @@ class MeasuredLR:
     lr: float
     divergence: list[float]  # the network's, per seed
     anchor_divergence: list[float]  # the anchor's, per seed, on the same batches
-    seconds: float
+    seconds: float  # what measuring it cost in this run: 0 when cached
     cached: bool
+    anchor_option: str
 
-    def decision(self, anchor_option: str) -> Decision:
+    @property
+    def decision(self) -> Decision:
         how = "cached" if self.cached else f"measured in {self.seconds:.0f} s"
         return Decision(0, "lr", {"preset_lr": (None, self.lr)}, (
             f"preset LR {how} by the range-test rule: divergence LR {format_lrs(self.divergence)} (seeds "
-            f"{', '.join(map(str, SEEDS))}) against {anchor_option}'s {format_lrs(self.anchor_divergence)} on the same "
-            f"batches ({PROBE_BATCH} x {PROBE_LQ_SIZE}px)"))
+            f"{', '.join(map(str, SEEDS))}) against {self.anchor_option}'s {format_lrs(self.anchor_divergence)} on the "
+            f"same batches ({PROBE_BATCH} x {PROBE_LQ_SIZE}px)"))
+
+    def reference_divergence(self, anchor_reference: list[float]) -> list[float]:
+        """The network's divergence LRs carried over to the data the built-in presets were measured
+        on: scaled by the anchor's recorded divergence LR over the anchor's on the measured batches.
+        This is what `automation.lr.find` compares a run's data with, as for a built-in preset."""
+        shift = geometric_mean(anchor_reference) / geometric_mean(self.anchor_divergence)
+        return [float(f"{value * shift:.4g}") for value in self.divergence]
 
 
 def cache_file() -> Path:
@@ -61,32 +71,34 @@ def cache_key(cfg: DictConfig) -> str:
                        "scale": int(cfg.scale), "tier": str(cfg.hardware_tier.name)}, sort_keys=True)
 
 
-def settle_preset_lr(cfg: DictConfig) -> Decision | None:
+def settle_preset_lr(cfg: DictConfig) -> MeasuredLR | None:
     """Fill in `arch.preset.lr` (and `train.lr` where it follows the preset) of a resolved config
-    whose preset LR is still to be measured; returns the decision to record, None if none was due
-    (a preset LR or a train.lr given by the user: nothing to measure)."""
+    whose preset LR is still to be measured, and its `divergence_lr` where that is missing too;
+    returns the measurement, None if none was due (a preset LR or a train.lr given by the user:
+    nothing to measure)."""
     if cfg.arch.preset.lr is not None or cfg.train.lr is not None:
         return None
     measured = measure(cfg)
     with open_dict(cfg):
         cfg.arch.preset.lr = measured.lr
+        if not cfg.arch.preset.get("divergence_lr"):
+            cfg.arch.preset.divergence_lr = measured.reference_divergence(list(anchor().preset["divergence_lr"]))
         if cfg.train.lr is None:
             cfg.train.lr = measured.lr
         if "lr" in cfg.train.optimizer and cfg.train.optimizer.lr is None:
             cfg.train.optimizer.lr = measured.lr
-    return measured.decision(anchor().option)
+    return measured
 
 
 def measure(cfg: DictConfig) -> MeasuredLR:
     """The custom network's preset LR from its cache entry, or from range tests now (then cached)."""
-    key, path = cache_key(cfg), cache_file()
+    key, path, base = cache_key(cfg), cache_file(), anchor()
     cache = _read(path)
     if key in cache:
         entry = cache[key]
-        return MeasuredLR(entry["lr"], entry["divergence"], entry["anchor_divergence"], 0.0, True)
+        return MeasuredLR(entry["lr"], entry["divergence"], entry["anchor_divergence"], 0.0, True, base.option)
     started = time.perf_counter()
     probe = probe_config(cfg)
-    base = anchor()
     anchor_probe = probe_config(cfg, base)
     data = build_data(probe).train
     ours = [divergence_lr(probe, data, seed) for seed in SEEDS]
@@ -98,7 +110,7 @@ def measure(cfg: DictConfig) -> MeasuredLR:
     cache[key] = {"lr": lr, "divergence": ours, "anchor_divergence": theirs}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
-    return MeasuredLR(lr, ours, theirs, seconds, False)
+    return MeasuredLR(lr, ours, theirs, seconds, False, base.option)
 
 
 def divergence_lr(probe: DictConfig, dataset, seed: int) -> float:

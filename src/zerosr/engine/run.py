@@ -48,8 +48,9 @@ def start_up(trainer: Trainer) -> None:
     torchrun rank 0 measures on its own and every rank adopts what it found."""
     suite, cfg, learner = trainer.suite, trainer.cfg, trainer.learner
     trainer.record(trainer.data.decisions)  # taken while the data was built (degradation calibration)
-    if trainer.preset_decision is not None:
-        trainer.record([trainer.preset_decision])  # arch=custom: how its preset LR was measured
+    measured = trainer.preset_measured
+    if measured is not None:
+        trainer.record([measured.decision])  # arch=custom: how its preset LR was measured
     if distributed.is_main():
         user_set = user_set_keys("train")
         if suite.batch.enabled and "batch_size" not in user_set:
@@ -66,7 +67,7 @@ def start_up(trainer: Trainer) -> None:
             trainer.logger.log_validation(0, {f"data/{k}": v for k, v in scores.items()})
             print("analysis     " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in scores.items()), flush=True)
         trainer.record(suite.loss_schedule.calibrate(scores))
-        measured_s = trainer.preset_seconds
+        measured_s = 0.0 if measured is None else measured.seconds
         if suite.lr.enabled and cfg.automation.lr.find:
             if "lr" in user_set:  # the user's LR wins over any measurement
                 trainer.record([Decision(0, "lr", {}, "LR range test skipped: train.lr is set by you")])
@@ -74,7 +75,7 @@ def start_up(trainer: Trainer) -> None:
                 began = time.perf_counter()
                 trainer.record(find_lr(cfg, trainer.data.train, suite.lr))
                 measured_s += time.perf_counter() - began
-        trainer.record([starting_lr(cfg, suite.lr, user_set, trainer.preset_decision, measured_s)])
+        trainer.record([starting_lr(cfg, suite.lr, user_set, measured, measured_s)])
     if trainer.sync:
         shared = distributed.on_main(lambda: {"automations": suite.state_dict(), "batch_size": trainer.stream.batch_size,
                                               "lq_size": int(trainer.data.train.lq_size)})
@@ -99,13 +100,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     started = time.perf_counter()
     cfg = resolved_once(cfg)
     # arch=custom: the preset LR by the range-test rule (cached), before anything uses the LR.
-    began = time.perf_counter()
-    preset_decision = settle_preset_lr(cfg)
-    preset_seconds = time.perf_counter() - began if preset_decision is not None else 0.0
-    if preset_decision is not None:
-        print(f"preset lr    {cfg.arch.preset.lr:g}: {preset_decision.reason}", flush=True)
+    measured = settle_preset_lr(cfg)
+    if measured is not None:
+        print(f"preset lr    {cfg.arch.preset.lr:g}: {measured.decision.reason}", flush=True)
     trainer = Trainer(cfg, run_dir)
-    trainer.preset_decision, trainer.preset_seconds = preset_decision, preset_seconds
+    trainer.preset_measured = measured
     print(f"data         {trainer.data.description}", flush=True)
     resumed = trainer.resume_if_asked()
     if resumed is not None:

@@ -24,7 +24,7 @@ from zerosr.automations.lr import LRController
 from zerosr.engine.checkpoint import capture_rng_state, restore_rng_state
 from zerosr.engine.data import BatchStream
 from zerosr.engine.learner import Learner
-from zerosr.engine.preset_lr import SEEDS, divergence_lr, format_lrs, probe_config
+from zerosr.engine.preset_lr import SEEDS, MeasuredLR, divergence_lr, format_lrs, probe_config
 from zerosr.engine.validation import Validator
 from zerosr.errors import UserError
 
@@ -186,7 +186,7 @@ def analyse_dataset(dataset, batch_size: int, seed: int, batches: int) -> dict[s
         stream.close()
 
 
-def starting_lr(cfg: DictConfig, lr: LRController, user_set: set[str], measured: Decision | None,
+def starting_lr(cfg: DictConfig, lr: LRController, user_set: set[str], measured: MeasuredLR | None,
                 measured_s: float) -> Decision:
     """The start-up screen's and automation.jsonl's one line on the LR: the value the steps after
     the warm-up run at, each factor that made it, and what measuring it cost (`measured_s`).
@@ -195,7 +195,8 @@ def starting_lr(cfg: DictConfig, lr: LRController, user_set: set[str], measured:
     if "lr" in user_set:
         parts = [f"train.lr={float(train.lr):g} set by you"]
     elif measured is not None:
-        parts = [f"{cfg.arch.name}'s preset {float(preset.lr):g}, measured at start-up by the range-test rule"]
+        how = "cached from an earlier start-up" if measured.cached else "measured at start-up"
+        parts = [f"{cfg.arch.name}'s preset {float(preset.lr):g}, {how} by the range-test rule"]
     else:
         parts = [f"{cfg.arch.name}'s preset {float(preset.lr):g} ({preset.lr_source})"]
     if float(train.lr_scale) != 1:
