@@ -17,7 +17,8 @@ values: momentum 0.95, max_weight 100). Targets: auto >= best hand-set - 0.05 dB
 
 Length mode (`--iters N`): every run is N iterations (`data.run_iter`), no time budget, once per
 seed. Runs: `auto`, and `automation=off` (fixed warm-up + cosine, fixed batch) at three LRs around
-the preset: `off_x0.5`, `off_x1`, `off_x2` (half, equal, double the option's preset; each run reports its `lr`);
+zero-config's starting LR: `off_x0.5`, `off_x1`, `off_x2` (half, equal, double the option's preset
+times the run-length factor, `automation.lr.run_length_factor`; each run reports its `lr`);
 `--extra` adds alternatives;
 `--common` overrides go to every run (e.g. a fixed batch, to compare LR policies alone).
 Equal iterations: each run's best validation PSNR, averaged over the seeds. Equal wall-clock: each
@@ -41,6 +42,7 @@ import time
 from pathlib import Path
 
 from loop import BareStep, timed  # bench/loop.py, beside this script
+from zerosr.config.derive import run_length_factor
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "bsd100_x2"
@@ -51,13 +53,17 @@ BUDGET_RUNS = {
     "off_lr5e-4": ["automation=off", "train.lr=5e-4"],
     "mistake": ["automation.loss_schedule.momentum=0.95", "automation.loss_schedule.max_weight=100"],
 }
-# Around whatever nano's preset is: half, the preset, double (`train.lr_scale` multiplies it).
-LENGTH_RUNS = {
-    "auto": [],
-    "off_x0.5": ["automation=off", "train.lr_scale=0.5"],
-    "off_x1": ["automation=off", "train.lr_scale=1"],
-    "off_x2": ["automation=off", "train.lr_scale=2"],
-}
+# Around zero-config's own starting LR: half, equal, double. `train.lr_scale` multiplies the preset;
+# zero-config starts at the preset times the run-length factor.
+HAND_SET = {"off_x0.5": 0.5, "off_x1": 1.0, "off_x2": 2.0}
+LENGTH_RUNS = ["auto", *HAND_SET]
+
+
+def length_run(label: str, total_iter: int) -> list[str]:
+    """The overrides of a length-mode run of `total_iter` iterations."""
+    if label == "auto":
+        return []
+    return ["automation=off", f"train.lr_scale={HAND_SET[label] * run_length_factor(total_iter):g}"]
 
 
 # Share of the budget left for training steps: start-up (decoding the images, the bicubic baseline),
@@ -146,7 +152,7 @@ def budget_mode(args) -> dict:
 
 
 def length_mode(args) -> dict:
-    runs = {label: LENGTH_RUNS[label] for label in args.runs}
+    runs = {label: length_run(label, args.iters) for label in args.runs}
     for spec in args.extra:
         label, _, overrides = spec.partition("=")
         runs[label] = [o for o in overrides.split(",") if o]

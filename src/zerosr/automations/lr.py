@@ -2,7 +2,9 @@
 cool-down that ends the run.
 
 `lr_at(i) = base_lr * warmup_ramp(i) * factor * cooldown(i)`, with `factor` always in
-[min_lr_factor, max_lr_factor]. The factor moves only for a stated reason:
+[min_lr_factor, max_lr_factor]. A fresh run on its preset's LR starts `base_lr` at the preset times
+`run_length_factor` (2 for 600 iterations or fewer, 1 from 1500: `zerosr.config.derive`). The
+factor moves only for a stated reason:
 
 - plateau: for `plateau_patience` iterations no window of steps had a mean training loss
   significantly below the best window's (by `PLATEAU_Z` standard errors of the difference, and by
@@ -158,8 +160,10 @@ class LRController(Automation):
             raise UserError(f"automation.lr.cooldown_fraction={self.cooldown_fraction} must be in [0, 1)")
         self.window = smoothing_window(self.patience)
         self.alpha = ema_alpha(self.window)
-        self.preset_lr = float(base_lr)
+        self.run_length_factor = float(param(cfg, "run_length_factor", 1.0))
+        self.preset_lr = float(base_lr)  # what the start-up measurements start from
         self.base_lr = float(base_lr)
+        self.length_factor = 1.0  # run_length_factor, once a fresh run with the preset's LR applied it
         self.factor = 1.0
         self.warmup_from = 0  # the warm-up ramp starts here: 0, or the last blow-up rollback
         self.smoothed: float | None = None  # EMA of the loss: the blow-up test
@@ -342,6 +346,16 @@ class LRController(Automation):
             return []
         return self._set_factor(iteration, self.factor * sqrt_batch_scale(old_batch, new_batch),
                                 f"batch {old_batch} -> {new_batch}: square-root rule")
+
+    def fit_run_length(self) -> None:
+        """A fresh run on the preset's LR (not one the user set): the preset times
+        `run_length_factor`, before any start-up measurement moves it. Presets are measured for
+        long runs; a short one trains best higher."""
+        if not self.enabled:
+            return
+        self.length_factor = self.run_length_factor
+        self.preset_lr *= self.length_factor
+        self.base_lr *= self.length_factor
 
     def adopt_divergence_ratio(self, ratio: float, why: str, iteration: int = 0) -> list[Decision]:
         """The start-up LR measurement: the preset times `ratio` (where this run's loss diverges

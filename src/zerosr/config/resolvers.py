@@ -29,6 +29,7 @@ _RULES = {
     "plateau_patience": derive.plateau_patience,
     "blowup_hold": derive.blowup_hold,
     "min_lr_factor": derive.min_lr_factor,
+    "run_length_factor": derive.run_length_factor,
     "max_lr_factor": derive.max_lr_factor,
     "target_vram_usage": derive.target_vram_usage,
     "batch_adjust_every": derive.batch_adjust_every,

@@ -75,6 +75,7 @@ class HardwareTierConfig:
 class LRAutomation:
     enabled: bool = True  # false: the fixed warm-up + cosine schedule
     find: bool = False  # LR range test at start
+    run_length_factor: float = MISSING  # the preset LR's factor for a run this short (1 for long runs)
     plateau_patience: int = MISSING  # iterations without improvement before the LR drops
     reduce_factor: float = 0.5  # what a plateau or blow-up multiplies the LR factor by
     improvement_threshold: float = 1e-3  # least relative gain of a window's mean loss that counts (and 2 std errors)

@@ -107,6 +107,7 @@ def _validate_automation(auto: DictConfig) -> None:
         (0 < lr.reduce_factor < 1, "automation.lr.reduce_factor must be in (0, 1), e.g. 0.5"),
         (0 < lr.min_lr_factor <= 1 <= lr.max_lr_factor,
          "automation.lr needs 0 < min_lr_factor <= 1 <= max_lr_factor"),
+        (lr.run_length_factor > 0, "automation.lr.run_length_factor must be positive, e.g. 1 (the preset as it is)"),
         (lr.blowup_hold >= 0, "automation.lr.blowup_hold must be 0 or more"),
         (0 <= lr.cooldown_fraction < 1, "automation.lr.cooldown_fraction must be in [0, 1), e.g. 0.2"),
         (lr.blowup_factor > 1, "automation.lr.blowup_factor must be above 1, e.g. 2.0"),

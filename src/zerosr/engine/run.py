@@ -68,6 +68,8 @@ def start_up(trainer: Trainer) -> None:
             print("analysis     " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in scores.items()), flush=True)
         trainer.record(suite.loss_schedule.calibrate(scores))
         measured_s = 0.0 if measured is None else measured.seconds
+        if "lr" not in user_set:  # the user's LR is kept as set
+            suite.lr.fit_run_length()
         if suite.lr.enabled and cfg.automation.lr.find:
             if "lr" in user_set:  # the user's LR wins over any measurement
                 trainer.record([Decision(0, "lr", {}, "LR range test skipped: train.lr is set by you")])

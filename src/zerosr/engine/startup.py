@@ -201,6 +201,9 @@ def starting_lr(cfg: DictConfig, lr: LRController, user_set: set[str], measured:
         parts = [f"{cfg.arch.name}'s preset {float(preset.lr):g} ({preset.lr_source})"]
     if float(train.lr_scale) != 1:
         parts.append(f"x train.lr_scale {float(train.lr_scale):g}")
+    if lr.length_factor != 1:
+        parts.append(f"x {lr.length_factor:g} for a {int(train.total_iter)}-iteration run "
+                     "(automation.lr.run_length_factor)")
     if lr.base_lr != lr.preset_lr:
         parts.append(f"the LR range test moved it to {lr.base_lr:.3g}")
     if lr.factor != 1:

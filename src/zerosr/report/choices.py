@@ -74,8 +74,10 @@ def describe_choices(cfg: DictConfig, hardware: Hardware, user_set: Iterable[str
 def _automation_lines(auto: DictConfig) -> list[str]:
     """One line per automation that is on; the ones that are off named together."""
     described = {
-        "lr": lambda a: f"lr: plateau patience {a.plateau_patience}, factors [{a.min_lr_factor}, "
-                        f"{a.max_lr_factor}], cool-down over the last {a.cooldown_fraction:.0%} of the run",
+        "lr": lambda a: ("lr: " + (f"preset x {a.run_length_factor:g} for this run length, "
+                                    if a.run_length_factor != 1 else "")
+                         + f"plateau patience {a.plateau_patience}, factors [{a.min_lr_factor}, "
+                         f"{a.max_lr_factor}], cool-down over the last {a.cooldown_fraction:.0%} of the run"),
         "batch": lambda a: f"batch: target VRAM {a.target_vram_usage}, margin {a.safety_margin}, re-check "
                            f"every {a.adjust_every}, max {a.max_batch_size}",
         "clip": lambda a: f"clip: p{a.percentile} of the last {a.history} gradient norms",
