@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from test_train import make_dataset
-from zerosr.config.derive import MAX_LR_FACTOR_CAP, max_lr_factor
+from zerosr.automations.schedule import scheduled_lr
+from zerosr.config.derive import MAX_LR_FACTOR_CAP, max_lr_factor, run_length_factor
 from zerosr.engine.checkpoint import load_training_state, state_file_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,9 @@ def starting_lr(run_dir: Path) -> dict:
 
 
 def preset_lr(run_dir: Path) -> float:
-    return float(yaml.safe_load((run_dir / "resolved_config.yaml").read_text())["train"]["lr"])
+    """The LR zero-config starts from before the batch: the preset times the run-length factor."""
+    resolved = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())
+    return float(resolved["train"]["lr"]) * float(resolved["automation"]["lr"]["run_length_factor"])
 
 
 def test_a_batch_searched_16x_larger_runs_at_4x_the_lr(data, tmp_path):
@@ -78,8 +81,9 @@ def test_a_batch_searched_16x_larger_runs_at_4x_the_lr(data, tmp_path):
     start = starting_lr(run_dir)  # the start-up line says the LR the optimizer then ran at, and why
     assert start["change"]["start_lr"][1] == pytest.approx(optimizer_lr(run_dir), rel=1e-6)
     assert "paragonsr2_nano's preset 0.004 (long-run benchmark)" in start["reason"]
+    assert "x 2 for a 10-iteration run (automation.lr.run_length_factor)" in start["reason"]
     assert "x 4 by the square-root rule for the batch" in start["reason"]
-    assert "[lr] iter 0: start_lr None -> 0.016 (starting LR 0.016" in out.stdout
+    assert "[lr] iter 0: start_lr None -> 0.032 (starting LR 0.032" in out.stdout
 
 
 def test_the_starting_lr_line_names_the_users_lr_and_scale(data, tmp_path):
@@ -89,6 +93,17 @@ def test_the_starting_lr_line_names_the_users_lr_and_scale(data, tmp_path):
     assert optimizer_lr(run_dir) == pytest.approx(1.5e-3, rel=1e-6)
     assert "train.lr=0.003 set by you; x train.lr_scale 0.5;" in start["reason"]
     assert "preset" not in start["reason"] and "square-root" not in start["reason"]
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], 2 * 0.004),  # 10 iterations: the short-run factor
+    (["automation.lr.run_length_factor=1"], 0.004),  # told to keep the preset
+    (["automation=off"], scheduled_lr(0.004, 5, 1, 10)),  # plain training: the preset's cosine schedule
+])
+def test_a_short_run_starts_at_twice_its_preset_unless_told_otherwise(data, tmp_path, overrides, expected):
+    out, run_dir = searched_run(data, tmp_path, 8, *overrides)
+    assert optimizer_lr(run_dir) == pytest.approx(expected, rel=1e-6)
+    assert ("x 2 for a 10-iteration run" in out.stdout) == (not overrides)
 
 
 def test_past_the_ceiling_the_lr_stops_at_it_and_the_screen_says_so(data, tmp_path):
@@ -116,3 +131,8 @@ def test_the_start_up_lr_measurement_moves_the_preset_and_the_batch_rule_still_a
                                                      (1, 128, MAX_LR_FACTOR_CAP), (0, 0, 1.0)])
 def test_the_ceiling_is_the_square_root_rule_up_to_the_largest_batch_bounded(batch, largest, factor):
     assert max_lr_factor(batch, largest) == factor
+
+
+@pytest.mark.parametrize("total_iter, factor", [(1, 2.0), (600, 2.0), (900, 1.472), (1500, 1.0), (40_000, 1.0)])
+def test_the_run_length_factor_falls_from_two_to_one_between_600_and_1500_iterations(total_iter, factor):
+    assert run_length_factor(total_iter) == factor

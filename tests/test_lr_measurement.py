@@ -83,12 +83,13 @@ def test_the_optimizer_runs_at_the_preset_times_the_measured_ratio(two_runs, nam
     measured = [float(v) for v in found["reason"].split("divergence LR ")[1].split(" on this data")[0].split(" / ")]
     assert all(min(abs(v - g) / g for g in grid) < 0.03 for v in measured)
     ratio = geometric_mean(measured) / geometric_mean(preset["divergence_lr"])
-    assert optimizer_lr == pytest.approx(preset["lr"] * ratio, rel=0.05)  # the decision rounds to 2 digits
+    start_lr = preset["lr"] * resolved["automation"]["lr"]["run_length_factor"]  # a 6-iteration run: x2
+    assert optimizer_lr == pytest.approx(start_lr * ratio, rel=0.05)  # the decision rounds to 2 digits
     assert found["change"]["base_lr"][1] == pytest.approx(optimizer_lr, rel=1e-6)
     start = next(d for d in lr_decisions(run_dir) if "start_lr" in d["change"])
     assert start["change"]["start_lr"][1] == pytest.approx(optimizer_lr, rel=1e-6)
     assert "cost" in start["reason"] and "s of measurement" in start["reason"]
-    assert f"[lr] iter 0: base_lr {preset['lr']:g} ->" in out.stdout
+    assert f"[lr] iter 0: base_lr {start_lr:g} ->" in out.stdout
 
 
 def test_a_users_lr_wins_over_the_measurement(tmp_path):
@@ -118,6 +119,7 @@ def test_a_custom_network_is_measured_against_its_start_up_preset(tmp_path):
     assert reference == pytest.approx([d * shift for d in entry["divergence"]], rel=0.05)  # shown to 2 digits
     ratio = geometric_mean(float(v) for v in ours.split(" / ")) / geometric_mean(reference)
     preset = next(d for d in lr_decisions(run_dir) if "preset_lr" in d["change"])["change"]["preset_lr"][1]
-    assert optimizer_lr == pytest.approx(preset * min(4, max(0.25, ratio)), rel=0.1)
+    run_length = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())["automation"]["lr"]["run_length_factor"]
+    assert optimizer_lr == pytest.approx(preset * run_length * min(4, max(0.25, ratio)), rel=0.1)
     start = next(d for d in lr_decisions(run_dir) if "start_lr" in d["change"])
     assert "measured at start-up by the range-test rule" in start["reason"]
