@@ -101,7 +101,7 @@ def run(label: str, extra: list[str], total_iter: int, n_val: int, workdir: Path
     decisions = [json.loads(line) for line in decision_log.read_text().splitlines()] if decision_log.exists() else []
     return {
         "overrides": extra,
-        "lr": lr_of(run_dir),
+        "lr": lr_of(run_dir, decisions),
         "best_psnr": round(best["val/psnr"], 3),
         "best_ssim": round(best["val/ssim"], 4),
         "best_iter": best["iter"],
@@ -115,8 +115,12 @@ def run(label: str, extra: list[str], total_iter: int, n_val: int, workdir: Path
     }
 
 
-def lr_of(run_dir: Path) -> float:
-    """The base LR the run trained at: its resolved train.lr x train.lr_scale."""
+def lr_of(run_dir: Path, decisions: list[dict]) -> float:
+    """The LR the run's steps after the warm-up began at: its start-up line's (the preset times
+    every factor), else its resolved train.lr x train.lr_scale."""
+    start = next((d for d in decisions if "start_lr" in d["change"]), None)
+    if start is not None:
+        return start["change"]["start_lr"][1]
     from omegaconf import OmegaConf
 
     train = OmegaConf.load(run_dir / "resolved_config.yaml").train
