@@ -106,6 +106,15 @@ def test_a_short_run_starts_at_twice_its_preset_unless_told_otherwise(data, tmp_
     assert ("x 2 for a 10-iteration run" in out.stdout) == (not overrides)
 
 
+def test_a_short_fine_tune_keeps_its_preset_lr(data, tmp_path):
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "fine_tune").mkdir()
+    _, first = searched_run(data, tmp_path / "scratch", 8)
+    out, run_dir = searched_run(data, tmp_path / "fine_tune", 8, f"train.pretrain={first / 'models' / 'best.safetensors'}")
+    assert optimizer_lr(run_dir) == pytest.approx(0.004, rel=1e-6)
+    assert "run_length_factor" not in starting_lr(run_dir)["reason"]
+
+
 def test_past_the_ceiling_the_lr_stops_at_it_and_the_screen_says_so(data, tmp_path):
     out, run_dir = searched_run(data, tmp_path, max_batch=256)
     old, new = searched_batch(run_dir)
@@ -136,3 +145,4 @@ def test_the_ceiling_is_the_square_root_rule_up_to_the_largest_batch_bounded(bat
 @pytest.mark.parametrize("total_iter, factor", [(1, 2.0), (600, 2.0), (900, 1.472), (1500, 1.0), (40_000, 1.0)])
 def test_the_run_length_factor_falls_from_two_to_one_between_600_and_1500_iterations(total_iter, factor):
     assert run_length_factor(total_iter) == factor
+    assert run_length_factor(total_iter, "pretrained.safetensors") == 1.0  # a fine-tune keeps the preset

@@ -82,9 +82,13 @@ SHORT_RUN = (600, 2.0)  # at or under this many iterations, this factor on the p
 LONG_RUN = 1500  # from here on the preset itself
 
 
-def run_length_factor(total_iter: int) -> float:
+def run_length_factor(total_iter: int, pretrain: str | None = None) -> float:
     """The preset LR's factor for a run of `total_iter` iterations: SHORT_RUN's factor up to its
-    length, 1 from LONG_RUN, log-linear in the run length between (3 decimals)."""
+    length, 1 from LONG_RUN, log-linear in the run length between (3 decimals). 1 from
+    `train.pretrain` weights: the measurement was from scratch, and a short fine-tune must not
+    throw away what the weights learned."""
+    if pretrain:
+        return 1.0
     short_iter, short_factor = SHORT_RUN
     position = (math.log(max(total_iter, 1)) - math.log(short_iter)) / (math.log(LONG_RUN) - math.log(short_iter))
     return round(short_factor ** (1 - clamp(position, 0.0, 1.0)), 3)
