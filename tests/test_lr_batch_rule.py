@@ -93,6 +93,7 @@ def test_the_starting_lr_line_names_the_users_lr_and_scale(data, tmp_path):
     assert optimizer_lr(run_dir) == pytest.approx(1.5e-3, rel=1e-6)
     assert "train.lr=0.003 set by you; x train.lr_scale 0.5;" in start["reason"]
     assert "preset" not in start["reason"] and "square-root" not in start["reason"]
+    assert "for a run this short" not in out.stdout and "run_length_factor" not in start["reason"]
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -103,7 +104,8 @@ def test_the_starting_lr_line_names_the_users_lr_and_scale(data, tmp_path):
 def test_a_short_run_starts_at_twice_its_preset_unless_told_otherwise(data, tmp_path, overrides, expected):
     out, run_dir = searched_run(data, tmp_path, 8, *overrides)
     assert optimizer_lr(run_dir) == pytest.approx(expected, rel=1e-6)
-    assert ("x 2 for a 10-iteration run" in out.stdout) == (not overrides)
+    assert ("x 2 for a 10-iteration run" in out.stdout) == (not overrides)  # the start-up LR line
+    assert ("lr 0.004 x 2 for a run this short" in out.stdout) == (not overrides)  # the choices screen
 
 
 def test_a_short_fine_tune_keeps_its_preset_lr(data, tmp_path):

@@ -43,6 +43,9 @@ def describe_choices(cfg: DictConfig, hardware: Hardware, user_set: Iterable[str
     else:
         lr = float(train.lr) * float(train.lr_scale)
         lr_text = f"lr {lr:g}" + (f" = {train.lr:g} x train.lr_scale {train.lr_scale:g}" if train.lr_scale != 1 else "")
+    run_length = float(auto.lr.run_length_factor)
+    if auto.enabled and auto.lr.enabled and "train.lr" not in user_set and run_length != 1:
+        lr_text += f" x {run_length:g} for a run this short"
     preset = cfg.arch.preset
     preset_lr = "measured at start-up" if preset.lr is None else f"{preset.lr:g} ({preset.lr_source})"
     lines = [
@@ -74,10 +77,8 @@ def describe_choices(cfg: DictConfig, hardware: Hardware, user_set: Iterable[str
 def _automation_lines(auto: DictConfig) -> list[str]:
     """One line per automation that is on; the ones that are off named together."""
     described = {
-        "lr": lambda a: ("lr: " + (f"preset x {a.run_length_factor:g} for this run length, "
-                                    if a.run_length_factor != 1 else "")
-                         + f"plateau patience {a.plateau_patience}, factors [{a.min_lr_factor}, "
-                         f"{a.max_lr_factor}], cool-down over the last {a.cooldown_fraction:.0%} of the run"),
+        "lr": lambda a: f"lr: plateau patience {a.plateau_patience}, factors [{a.min_lr_factor}, "
+                        f"{a.max_lr_factor}], cool-down over the last {a.cooldown_fraction:.0%} of the run",
         "batch": lambda a: f"batch: target VRAM {a.target_vram_usage}, margin {a.safety_margin}, re-check "
                            f"every {a.adjust_every}, max {a.max_batch_size}",
         "clip": lambda a: f"clip: p{a.percentile} of the last {a.history} gradient norms",
