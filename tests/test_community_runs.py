@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from test_paragonsr2_gen2 import short_run
 from test_train import make_dataset
 from zerosr import archs
 from zerosr.engine.tiling import tiled_forward
@@ -101,22 +101,5 @@ SHORT_RUNS = {
 
 @pytest.mark.parametrize("option", list(SHORT_RUNS))
 def test_a_short_run_of_each_family_ends_above_bicubic(option, tmp_path):
-    from test_custom_arch import make_textured
-
-    hr, _ = make_textured(tmp_path / "data")  # HR only: the LR images are made by the run
-    run_dir = tmp_path / "run"
     params, iterations = SHORT_RUNS[option]
-    shrink = [f"arch.params.{key}={value}" for key, value in params.items()]
-    out = subprocess.run(
-        [sys.executable, "train.py", f"arch={option}", f"data.gt_path={hr}", "data.n_val=2",
-         f"train.total_iter={iterations}", f"train.val_freq={iterations // 2}", "train.lq_size=24",
-         "hardware_tier.num_workers=0", *shrink, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200, env={**os.environ, "ZEROSR_FAKE_HARDWARE": ""},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    assert max(r["iter"] for r in lines if "lr" in r) == iterations  # every step ran
-    resolved = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())
-    assert resolved["train"]["lr"] == archs.variant(option).preset["lr"]  # the option's measured preset
-    last = [r for r in lines if "val/psnr" in r][-1]
-    assert last["val/psnr"] > last["val/bicubic_psnr"], last  # held-out images
+    short_run(option, params, iterations, tmp_path)

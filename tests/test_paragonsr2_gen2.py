@@ -376,13 +376,14 @@ SHORT_RUNS = {
 }
 
 
-@pytest.mark.parametrize("option", list(SHORT_RUNS))
-def test_each_variant_trains_end_to_end_with_every_automation_and_ends_above_bicubic(option, tmp_path):
+def short_run(option: str, params: dict, iterations: int, tmp_path: Path) -> Path:
+    """`train.py arch=OPTION` on textured HR-only images the test makes, every automation on:
+    every step ran, at the option's measured preset, and the held-out images end above bicubic.
+    `params` shrink the network. Returns the run folder."""
     from test_custom_arch import make_textured
 
     hr, _ = make_textured(tmp_path / "data")  # HR only: the LR images are made by the run
     run = tmp_path / "run"
-    params, iterations = SHORT_RUNS[option]
     shrink = [f"arch.params.{key}={value}" for key, value in params.items()]
     out = subprocess.run(
         [sys.executable, "train.py", f"arch={option}", f"data.gt_path={hr}", "data.n_val=2",
@@ -391,13 +392,20 @@ def test_each_variant_trains_end_to_end_with_every_automation_and_ends_above_bic
         cwd=ROOT, capture_output=True, text=True, timeout=1200, env={**os.environ, "ZEROSR_FAKE_HARDWARE": ""},
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    decisions = records(run / "automation.jsonl")
-    assert {d["automation"] for d in decisions} >= {"batch", "clip", "loss_schedule"}  # the automations ran and decided
     steps = [r for r in records(run / "metrics.jsonl") if "lr" in r]
-    assert len(steps) == iterations
+    assert len(steps) == iterations  # every step ran
     resolved = OmegaConf.load(run / "resolved_config.yaml")
     assert resolved.train.lr == archs.variant(option).preset["lr"]  # the measured preset
     last = [r for r in records(run / "metrics.jsonl") if "val/psnr" in r][-1]
     assert last["val/psnr"] > last["val/bicubic_psnr"], last  # held-out images
+    return run
+
+
+@pytest.mark.parametrize("option", list(SHORT_RUNS))
+def test_each_variant_trains_end_to_end_with_every_automation_and_ends_above_bicubic(option, tmp_path):
+    params, iterations = SHORT_RUNS[option]
+    run = short_run(option, params, iterations, tmp_path)
+    decisions = records(run / "automation.jsonl")
+    assert {d["automation"] for d in decisions} >= {"batch", "clip", "loss_schedule"}  # the automations ran and decided
     model = archs.load(run / "models" / "best.safetensors")
     assert isinstance(model, ParagonSR2Gen2) and (model.arch_name, model.scale) == (option, 2)
