@@ -45,7 +45,7 @@ from zerosr.archs.spec import anchor, variants
 from zerosr.automations.lr import FINDER_BOUNDS, exponential_lrs, lr_range_test
 from zerosr.bounds import clamp
 from zerosr.config.compose import compose_config
-from zerosr.config.presets import training_preset
+from zerosr.config.presets import rule_exponent, training_preset
 from zerosr.engine.data import BatchStream
 from zerosr.engine.loop import Trainer
 
@@ -113,19 +113,20 @@ def measure(variant: str, data: Path, batch: int, lq_size: int, grid: dict, seed
 
 
 def scale_from_anchor(measured: dict) -> None:
-    """Add `from_anchor_lr` to each option: the anchor's preset LR times the ratio of
-    divergence LRs to the anchor's (measured at one batch for all) times sqrt(batch hint / the
+    """Add `from_anchor_lr` to each option: its anchor's preset LR (the family's, else nano's:
+    `zerosr.archs.spec.anchor`) times the ratio of divergence LRs to the anchor's (measured at one
+    batch for all) to the rule's exponent (`rule_exponent`), times sqrt(batch hint / the
     anchor's), because a preset applies at the option's own tier batch (the square-root rule).
-    One seed, not rounded: `zerosr.config.presets.lr_from_range_test` makes the preset from the
-    seeds' values."""
-    base = measured.get(anchor().option)
-    if not base or not base.get("divergence_lr"):
-        return
-    hint = {v: training_preset(v)["batch_size"] for v in measured}
+    Needs the anchor measured in the same run. One seed, not rounded:
+    `zerosr.config.presets.lr_from_range_test` makes the preset from the seeds' values."""
     for option, row in measured.items():
-        if row.get("divergence_lr"):
-            row["from_anchor_lr"] = _sig(anchor().preset["lr"] * row["divergence_lr"] / base["divergence_lr"]
-                                         * math.sqrt(hint[option] / hint[anchor().option]))
+        base = anchor(variants()[option].family)
+        beside = measured.get(base.option) or {}
+        if row.get("divergence_lr") and beside.get("divergence_lr"):
+            exponent = rule_exponent(base.preset, base.family == variants()[option].family)
+            ratio = (row["divergence_lr"] / beside["divergence_lr"]) ** exponent
+            hint = training_preset(option)["batch_size"] / base.preset["batch_size"]
+            row["from_anchor_lr"] = _sig(base.preset["lr"] * ratio * math.sqrt(hint))
 
 
 def process_pick(variant: str, data: Path, batch: int, lq_size: int, seed: int) -> dict:
@@ -153,7 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with hr/ and lr/ (x2 pairs)")
     parser.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()),
-                        help="arch options; the anchor (preset.lr_anchor) is needed for from_anchor_lr")
+                        help="arch options; each one's anchor (zerosr.archs.spec.anchor) is needed for its from_anchor_lr")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lq-size", type=int, default=24)
     parser.add_argument("--steps", type=int, default=100, help="points of the LR sweep 1e-7..1 (the run's 100)")
@@ -175,17 +176,17 @@ def main() -> None:
         return text
 
     grid = sweep(args.skip_first, args.steps)
-    for variant in args.variants:
-        report["variants"][variant] = measure(variant, args.data, args.batch, args.lq_size, grid, args.seed)
+    for option in args.variants:
+        report["variants"][option] = measure(option, args.data, args.batch, args.lq_size, grid, args.seed)
         scale_from_anchor(report["variants"])
         write()
-    for variant in args.check_process:
-        check = process_pick(variant, args.data, args.batch, args.lq_size, args.seed)
-        measured = report["variants"].get(variant, {}).get("picked_lr")
+    for option in args.check_process:
+        check = process_pick(option, args.data, args.batch, args.lq_size, args.seed)
+        measured = report["variants"].get(option, {}).get("picked_lr")
         check["in_process_pick"] = measured  # the same pick only on the run's whole sweep (--skip-first 0)
         check["agrees"] = (measured is not None and check.get("adopted_lr") is not None
                            and abs(check["adopted_lr"] - measured) <= 1e-3 * measured)
-        report["process_check"][variant] = check
+        report["process_check"][option] = check
         write()
     print(write())
 

@@ -69,7 +69,7 @@ def test_arch_presets_scale_with_model_size(fake_hardware):
     cfgs = [resolved([f"arch=paragonsr2_{v}", "data=paired", "data.gt_path=/x"]) for v in VARIANTS]
     lrs = [c["arch"]["preset"]["lr"] for c in cfgs]
     iters = [c["train"]["total_iter"] for c in cfgs]
-    assert lrs[0] == 4e-3 and lrs[-1] == 2.2e-4 and lrs == sorted(lrs, reverse=True)
+    assert lrs[0] == 4e-3 and lrs[-1] == 6.8e-4 and lrs == sorted(lrs, reverse=True)
     assert iters[0] == 40_000 and iters[-1] == 150_000 and iters == sorted(iters)
     # Loss-schedule presets matched on the exact variant (a loose pattern would send all to nano).
     momenta = [c["automation"]["loss_schedule"]["momentum"] for c in cfgs]

@@ -16,7 +16,7 @@ from torch import nn
 from zerosr import archs
 from zerosr.archs import io, spec
 from zerosr.config.compose import compose_config
-from zerosr.config.presets import lr_from_range_test, round_down_e6
+from zerosr.config.presets import lr_from_range_test, round_down_e6, rule_exponent
 from zerosr.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,21 +36,31 @@ def test_every_option_is_a_registered_familys_variant_that_builds_at_every_scale
 
 
 def test_presets_made_by_the_range_test_rule_are_what_the_rule_gives():
-    anchor = spec.anchor()
-    assert anchor.preset["lr_source"] == "long-run benchmark"
     ruled = [v for v in spec.variants().values() if v.preset["lr_source"] == "range-test rule"]
     assert ruled
     for chosen in ruled:
-        preset = chosen.preset
+        anchor, preset = spec.anchor(chosen.family), chosen.preset
+        assert anchor.preset["lr_source"] in ("long-run benchmark", "short-run benchmark")  # chosen by training
         beside = preset.get("anchor_divergence_lr") or anchor.preset["divergence_lr"]  # the anchor in the same runs
         assert preset["lr"] == lr_from_range_test(preset["divergence_lr"], beside, preset["batch_size"],
-                                                  anchor.preset["batch_size"], anchor.preset["lr"]), chosen.option
+                                                  anchor.preset["batch_size"], anchor.preset["lr"],
+                                                  rule_exponent(anchor.preset, anchor.family == chosen.family)), chosen.option
+
+
+def test_a_family_with_a_trained_variant_scales_from_it_and_the_others_from_nano():
+    assert spec.anchor("Compact").option == "superultracompact" and spec.anchor("SPAN").option == "span_s"
+    assert spec.anchor("ParagonSR2").option == spec.anchor("PLKSR").option == spec.anchor(None).option == "paragonsr2_nano"
 
 
 def test_the_rule_rounds_the_geometric_mean_down_to_e6():
     assert round_down_e6(2.9e-4) == 2.2e-4 and round_down_e6(1e-4) == 1e-4 and round_down_e6(6.79e-5) == 4.7e-5
-    # s against nano, BSD100 x2: 2.8e-2 / 3.3e-2 vs 6.3e-2 / 8.7e-2, batch hints 16 and 32
-    assert lr_from_range_test([2.8e-2, 3.3e-2], [6.3e-2, 8.7e-2], 16, 32, 4e-3) == 1e-3
+    # s against nano, BSD100 x2: 2.8e-2 / 3.3e-2 vs 6.3e-2 / 8.7e-2, batch hints 16 and 32. By the
+    # fourth root of the ratio, nano's family exponent; in proportion (another family's network
+    # diverging there) 1e-3, which training showed too low for s.
+    nano = spec.anchor().preset
+    assert lr_from_range_test([2.8e-2, 3.3e-2], [6.3e-2, 8.7e-2], 16, 32, 4e-3, rule_exponent(nano, True)) == 2.2e-3
+    assert lr_from_range_test([2.8e-2, 3.3e-2], [6.3e-2, 8.7e-2], 16, 32, 4e-3, rule_exponent(nano, False)) == 1e-3
+    assert rule_exponent(spec.anchor("Compact").preset, True) == 1.0  # no exponent fitted for its family
     with pytest.raises(ValueError):
         lr_from_range_test([1e-2], [1e-2, 2e-2], 16, 32, 4e-3)
 

@@ -55,10 +55,12 @@ Two things, and no other file changes:
        params: {...}                # every constructor keyword but `scale`
        preset:                      # how to train it, before the tier and the automations
          lr: 2.2e-4                 # base LR at the batch hint
-         lr_source: range-test rule # long-run benchmark | range-test rule | by hand | measured at start-up
+         lr_source: range-test rule # long-run benchmark | short-run benchmark | range-test rule | by hand | measured at start-up
          divergence_lr: [2.8e-2, 3.3e-2]   # range test, seeds 0 and 1 (bench/lr_presets.py), or null
          anchor_divergence_lr: null  # the anchor's in the same runs, where it was measured again
          lr_anchor: false           # true for the one variant the range-test rule scales from
+         lr_family_anchor: false    # true: its family scales from this variant instead
+         family_lr_exponent: 1.0    # an anchor's: the rule's exponent for its family (config.presets)
          batch_size: 16             # batch hint (the tier scales it, the search moves it)
          total_iter: 80000
          warmup_iter: 2000
@@ -73,12 +75,13 @@ Two things, and no other file changes:
                          adaptation_threshold: 0.08, baseline_iterations: 150}
 
    The file is the one home of these numbers: `build`, weight recognition and the Hydra config
-   all read it. With `lr_source: range-test rule` the LR must be what `config.presets.lr_from_range_test`
-   gives for `divergence_lr` against the anchor's (a test checks every option). To measure a new
-   option: `python bench/lr_presets.py --data BSD100_X2 --variants <anchor option> <option> --seed 0`,
-   then `--seed 1`; its `divergence_lr` values give `lr` by the rule. The anchor is measured in the
-   same runs: where its value differs from the anchor file's (the code moved since), record it as
-   `anchor_divergence_lr`, and the rule uses it.
+   all read it. With `lr_source: range-test rule` the LR must be what
+   `config.presets.lr_from_range_test` gives for `divergence_lr` against its anchor's (`anchor`:
+   the family's own, else the one marked `lr_anchor`; a test checks every option). To measure a
+   new option: `python bench/lr_presets.py --data BSD100_X2 --variants <anchor option> <option>
+   --seed 0`, then `--seed 1`; its `divergence_lr` values give `lr` by the rule. The anchor is
+   measured in the same runs: where its value differs from the anchor file's (the code moved
+   since), record it as `anchor_divergence_lr`, and the rule uses it.
 
    `network` may also be a factory that picks a class from its params (two generations of a
    network in one family); `build` passes it every key of `params` and `scale`.
@@ -104,7 +107,7 @@ if TYPE_CHECKING:
 
 ARCH_DIR = CONFIG_DIR / "arch"
 CUSTOM = "custom"  # the option (and family name in weight files) of a user's own network
-LR_SOURCES = ("long-run benchmark", "range-test rule", "by hand", "measured at start-up")
+LR_SOURCES = ("long-run benchmark", "short-run benchmark", "range-test rule", "by hand", "measured at start-up")
 # Modules of this package that are machinery, not families.
 _NOT_FAMILIES = {"spec", "io", "custom"}
 
@@ -232,8 +235,17 @@ def options() -> list[str]:
     return [*variants(), CUSTOM]
 
 
-def anchor() -> Variant:
-    """The variant the range-test LR rule scales from (`preset.lr_anchor: true`, exactly one)."""
+def anchor(family: str | None = None) -> Variant:
+    """The variant the range-test LR rule scales `family`'s presets from: the family's own option
+    with `preset.lr_family_anchor: true` (one whose LR training chose) where it has one, else the
+    one option with `preset.lr_anchor: true`, which also serves `arch=custom` (family None). The
+    divergence LR ranks the networks of one family, not networks across families: two that diverge
+    at about the same LR trained best at LRs 2-4x apart (`zerosr.config.presets`)."""
+    own = [v for v in variants().values() if v.preset.get("lr_family_anchor") and v.family == family]
+    if len(own) > 1:
+        raise RuntimeError(f"family {family} marks {len(own)} options with preset.lr_family_anchor: at most one may")
+    if own:
+        return own[0]
     marked = [v for v in variants().values() if v.preset.get("lr_anchor")]
     if len(marked) != 1:
         raise RuntimeError(f"exactly one conf/arch option must set preset.lr_anchor, found {len(marked)}")

@@ -25,10 +25,12 @@ class LossSchedulePreset:
 @dataclass
 class ArchPreset:
     lr: float | None = MISSING  # base learning rate at the batch hint; null: measured at start-up (arch=custom)
-    lr_source: str = MISSING  # long-run benchmark | range-test rule | by hand | measured at start-up
+    lr_source: str = MISSING  # long-run benchmark | short-run benchmark | range-test rule | by hand | measured at start-up
     divergence_lr: list[float] | None = None  # LR range test, seeds 0 and 1: where the loss diverged
     anchor_divergence_lr: list[float] | None = None  # the anchor's, measured in the same runs (null: its own)
     lr_anchor: bool = False  # the one variant the range-test rule scales every other LR from
+    lr_family_anchor: bool = False  # its family's LRs scale from this variant instead (config.presets)
+    family_lr_exponent: float = 1.0  # an anchor's: how its family's LRs follow the divergence LR (fitted)
     batch_size: int = MISSING  # batch-size hint, scaled by the tier
     total_iter: int = MISSING  # default run length
     warmup_iter: int = MISSING  # linear LR warm-up iterations

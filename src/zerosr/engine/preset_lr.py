@@ -104,7 +104,7 @@ def measure(cfg: DictConfig) -> MeasuredLR:
     ours = [divergence_lr(probe, data, seed) for seed in SEEDS]
     theirs = [divergence_lr(anchor_probe, data, seed) for seed in SEEDS]
     lr = lr_from_range_test(ours, theirs, int(cfg.arch.preset.batch_size), int(base.preset["batch_size"]),
-                            float(base.preset["lr"]))
+                            float(base.preset["lr"]))  # another family's network: in proportion
     seconds = time.perf_counter() - started
     cache = _read(path)  # another run may have written meanwhile
     cache[key] = {"lr": lr, "divergence": ours, "anchor_divergence": theirs}
