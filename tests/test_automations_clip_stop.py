@@ -103,6 +103,15 @@ def test_never_stops_before_min_iter():
     assert stop.should_stop
 
 
+def test_a_run_still_below_bicubic_is_not_stopped():
+    stop = EarlyStopping(STOP)
+    for it in range(100, 1001, 100):  # flat at its starting level, below bicubic (a Compact network's first phase)
+        assert stop.on_validation(it, {"val/psnr": 29.73, "val/bicubic_psnr": 31.18}) == []
+    assert not stop.should_stop
+    decisions = stop.on_validation(1100, {"val/psnr": 29.73, "val/bicubic_psnr": 29.0})  # above it: a plateau
+    assert stop.should_stop and [d.iteration for d in decisions] == [1100]
+
+
 def test_improvements_keep_the_run_going():
     stop = EarlyStopping(STOP)
     validate(stop, {it: 25.0 + it / 1000 for it in range(100, 5001, 100)})

@@ -136,7 +136,8 @@ def test_an_early_stop_ends_the_optimizer_steps(data, tmp_path, monkeypatch):
     monkeypatch.setattr(loop.Trainer, "__init__", init)
     overrides = auto_overrides(data, **{"train.total_iter": 30, "train.val_freq": 2,
                                         "automation.early_stop.patience": 4, "automation.early_stop.min_iter": 6,
-                                        "automation.early_stop.min_delta": 100.0, "automation.lr.cooldown_fraction": 0.5})
+                                        "automation.early_stop.min_delta": 100.0, "automation.lr.cooldown_fraction": 0.5,
+                                        "automation.early_stop.past_bicubic": False})  # 2 steps in, below bicubic
     train(compose_config(overrides), tmp_path / "run")
     # First validation (2) is the best; nothing beats it by 100 dB, patience 4 -> stop at 6 (min_iter),
     # then a cool-down of half the 6 iterations done.

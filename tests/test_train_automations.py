@@ -71,13 +71,24 @@ def test_clip_threshold_follows_the_gradient_history(data, tmp_path):
 
 def test_no_improvement_stops_early_with_best_kept(data, tmp_path):
     run(auto_overrides(data, **{"train.total_iter": 30, "train.val_freq": 2, "automation.early_stop.patience": 4,
-                                "automation.early_stop.min_iter": 6, "automation.early_stop.min_delta": 100.0}),
+                                "automation.early_stop.min_iter": 6, "automation.early_stop.min_delta": 100.0,
+                                "automation.early_stop.past_bicubic": False}),  # 2 steps in, below bicubic
         tmp_path / "run")
     vals = [r["iter"] for r in records(tmp_path / "run", "metrics.jsonl") if "val/psnr" in r]
     # First validation (2) is the best; nothing beats it by 100 dB, patience 4 -> stop at 6 (min_iter),
     # then the cool-down: 20 % of the 6 iterations done, rounded to 1.
     assert vals[-1] == 7
     assert (tmp_path / "run" / "models" / "best.safetensors").exists()
+
+
+def test_a_run_still_below_bicubic_is_not_stopped_early(data, tmp_path):
+    run(auto_overrides(data, **{"train.total_iter": 30, "train.val_freq": 2, "automation.early_stop.patience": 4,
+                                "automation.early_stop.min_iter": 6, "automation.early_stop.min_delta": 100.0}),
+        tmp_path / "run")
+    vals = [r for r in records(tmp_path / "run", "metrics.jsonl") if "val/psnr" in r]
+    assert all(r["val/psnr"] < r["val/bicubic_psnr"] for r in vals)  # it never started to learn
+    assert vals[-1]["iter"] == 30  # so the same settings as above ran every iteration
+    assert not [d for d in records(tmp_path / "run", "automation.jsonl") if d["automation"] == "early_stop"]
 
 
 def test_resume_restores_every_automation(data, tmp_path):

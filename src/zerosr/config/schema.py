@@ -115,6 +115,7 @@ class EarlyStopAutomation:
     patience: int = MISSING  # iterations without a better validation PSNR
     min_delta: float = 0.01  # the least gain of the selection metric that counts (its units: dB for PSNR)
     min_iter: int = MISSING  # never stop before this iteration
+    past_bicubic: bool = True  # never stop while the best is no better than bicubic upscaling
 
 
 @dataclass
