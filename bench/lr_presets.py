@@ -120,10 +120,11 @@ def scale_from_anchor(measured: dict) -> None:
     Needs the anchor measured in the same run. One seed, not rounded:
     `zerosr.config.presets.lr_from_range_test` makes the preset from the seeds' values."""
     for option, row in measured.items():
-        base = anchor(variants()[option].family)
+        family = variants()[option].family
+        base = anchor(family)
         beside = measured.get(base.option) or {}
         if row.get("divergence_lr") and beside.get("divergence_lr"):
-            exponent = rule_exponent(base.preset, base.family == variants()[option].family)
+            exponent = rule_exponent(base.preset, base.family == family)
             ratio = (row["divergence_lr"] / beside["divergence_lr"]) ** exponent
             hint = training_preset(option)["batch_size"] / base.preset["batch_size"]
             row["from_anchor_lr"] = _sig(base.preset["lr"] * ratio * math.sqrt(hint))

@@ -63,7 +63,7 @@ def round_down_e6(value: float) -> float:
 def rule_exponent(anchor_preset: dict, same_family: bool) -> float:
     """The exponent on the divergence LR's ratio (see the module docstring): the anchor's
     `family_lr_exponent` for its own family's variants, 1 for any other network."""
-    return float(anchor_preset.get("family_lr_exponent") or 1.0) if same_family else 1.0
+    return float(anchor_preset.get("family_lr_exponent", 1.0)) if same_family else 1.0
 
 
 def lr_from_range_test(divergence: list[float], anchor_divergence: list[float], batch_hint: int,
