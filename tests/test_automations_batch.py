@@ -84,42 +84,45 @@ def test_peak_memory_of_runs_the_step_on_cpu():
     assert ran == [1, 1]
 
 
-def test_cpu_pick_keeps_the_tier_size_unless_another_is_clearly_faster_within_ram():
-    speeds = {1: 10.0, 2: 18.0, 4: 30.0, 8: 32.0, 16: 20.0, 32: 5.0}
+def test_cpu_pick_keeps_the_tier_size_unless_a_larger_one_is_clearly_faster_within_ram():
+    speeds = {1: 10.0, 2: 18.0, 4: 30.0, 8: 32.0, 16: 40.0, 32: 80.0}
     measured = []
 
     def measure(batch):
         measured.append(batch)
         return speeds[batch]
 
-    batch, seen = cpu_batch_size(measure, speeds, ram_budget_bytes=16 * 100, bytes_per_sample=100, preferred=4)
+    batch, seen = cpu_batch_size(measure, speeds, ram_budget_bytes=8 * 100, bytes_per_sample=100, preferred=4)
     assert batch == 4  # 32 is within 10 % of 30: the tier's size stays
-    assert 32 not in measured  # over the RAM budget
-    assert set(seen) == set(measured) == {1, 2, 4, 8, 16}
-    assert sorted(measured) == sorted([1, 2, 4, 8, 16] * 3)  # three rounds
-    batch, _ = cpu_batch_size(measure, speeds, ram_budget_bytes=16 * 100, bytes_per_sample=100, preferred=16)
-    assert batch == 8  # 20 is far below 32: the fastest of the clearly faster
-    batch, _ = cpu_batch_size(measure, speeds, ram_budget_bytes=2 * 100, bytes_per_sample=100, preferred=4)
-    assert batch == 2  # 4 does not fit the RAM budget
+    assert set(seen) == set(measured) == {4, 8}  # 16 and 32 over the RAM budget; smaller sizes not measured
+    assert sorted(measured) == sorted([4, 8] * 3)  # three rounds
+    measured.clear()
+    batch, _ = cpu_batch_size(measure, speeds, ram_budget_bytes=16 * 100, bytes_per_sample=100, preferred=4)
+    assert batch == 16  # the fastest of the clearly faster larger sizes
+    speeds[2] = 300.0
+    batch, _ = cpu_batch_size(measure, speeds, ram_budget_bytes=16 * 100, bytes_per_sample=100, preferred=8)
+    assert batch == 16 and 2 not in measured  # a smaller batch, however fast, trains on fewer samples
+    batch, _ = cpu_batch_size(measure, speeds, ram_budget_bytes=3 * 100, bytes_per_sample=100, preferred=4)
+    assert batch == 2  # 4 does not fit the RAM budget: the fastest that does
 
 
 def test_a_busy_moment_does_not_flip_the_cpu_pick():
-    """One round measured while a neighbour process ran: the smaller batch looks 20 % faster there
-    only. The reading that decided alone before picked it and trained on half the samples."""
+    """One round measured while a neighbour process ran: the larger batch looks 20 % faster there
+    only. A single reading would have picked it."""
     calls = {4: 0, 8: 0}
-    rounds = {4: [18.0, 16.0, 16.1], 8: [15.0, 16.2, 16.0]}
+    rounds = {8: [18.0, 16.0, 16.1], 4: [15.0, 16.2, 16.0]}
 
     def measure(batch):
         calls[batch] += 1
         return rounds[batch][calls[batch] - 1]
 
-    batch, medians = cpu_batch_size(measure, [4, 8], 1e12, 1.0, preferred=8)
-    assert batch == 8 and medians == {4: 16.1, 8: 16.0}
+    batch, medians = cpu_batch_size(measure, [4, 8], 1e12, 1.0, preferred=4)
+    assert batch == 4 and medians == {8: 16.1, 4: 16.0}
 
 
 def test_cpu_rounds_are_interleaved():
     measured = []
-    cpu_batch_size(lambda b: measured.append(b) or 1.0, [2, 4, 8], 1e12, 1.0, preferred=4)
+    cpu_batch_size(lambda b: measured.append(b) or 1.0, [2, 4, 8], 1e12, 1.0, preferred=2)
     assert measured == [2, 4, 8, 4, 8, 2, 8, 2, 4]  # each size in each place: load meets all alike
 
 

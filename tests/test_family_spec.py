@@ -7,16 +7,19 @@ from __future__ import annotations
 import ast
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from zerosr import archs
 from zerosr.archs import io, spec
 from zerosr.config.compose import compose_config
-from zerosr.config.presets import lr_from_range_test, round_down_e6, rule_exponent
+from zerosr.config.presets import leave_lr_to_measurement, lr_from_range_test, round_down_e6, rule_exponent
 from zerosr.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +53,54 @@ def test_presets_made_by_the_range_test_rule_are_what_the_rule_gives():
 def test_a_family_with_a_trained_variant_scales_from_it_and_the_others_from_nano():
     assert spec.anchor("Compact").option == "superultracompact" and spec.anchor("SPAN").option == "span_s"
     assert spec.anchor("ParagonSR2").option == spec.anchor("PLKSR").option == spec.anchor(None).option == "paragonsr2_nano"
+
+
+def test_an_option_with_other_arch_params_leaves_its_preset_lr_to_the_start_up_measurement():
+    def composed(*overrides):
+        return compose_config(["arch=span_s", *overrides])
+
+    changed = leave_lr_to_measurement(composed("arch.params.feature_channels=16"), set())
+    assert changed.arch.preset.lr is None and changed.arch.preset.divergence_lr is None  # the file's network's
+    assert changed.arch.preset.lr_source == "measured at start-up"
+    assert changed.train.lr is None  # follows the preset
+    for kept, user_set in [(composed("arch.params.feature_channels=48"), set()),  # the option's own network
+                           (composed("arch.params.feature_channels=16", "train.lr=1e-3"), {"train.lr"}),
+                           (composed("arch.params.feature_channels=16", "arch.preset.lr=1e-3"), {"arch.preset.lr"}),
+                           (composed("arch.params.feature_channels=16", "automation=off"), set())]:
+        assert leave_lr_to_measurement(kept, user_set) is kept
+    written = composed("arch.params.feature_channels=16")
+    written.train.lr = 6.8e-4  # a config written out with every value: its LR trains as written
+    assert leave_lr_to_measurement(written, set()) is written
+
+
+def test_the_api_leaves_a_shrunk_options_preset_lr_to_the_start_up_measurement(fake_hardware):
+    from zerosr.api import create_zero_config_training
+
+    fake_hardware()
+    shrunk = create_zero_config_training("span_s", "/data/hr", None,
+                                         custom_overrides={"arch": {"params": {"feature_channels": 16}}})
+    assert shrunk["arch"]["preset"]["lr"] is None and shrunk["train"]["lr"] is None
+    assert create_zero_config_training("span_s", "/data/hr", None)["train"]["lr"] == spec.variant("span_s").preset["lr"]
+
+
+def test_a_shrunk_option_shows_its_preset_lr_as_measured_and_a_users_lr_as_set(tmp_path):
+    from test_train import make_dataset
+
+    hr, _ = make_dataset(tmp_path / "data", count=6, size=32)
+
+    def dry_run(name, *extra):
+        out = subprocess.run([sys.executable, "train.py", "arch=superultracompact", "arch.params.num_feat=8",
+                              f"data.gt_path={hr}", "data.n_val=2", "train.lq_size=16", "dry_run=true",
+                              f"hydra.run.dir={tmp_path / name}", *extra],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        arch_line = next(line for line in out.stdout.splitlines() if line.startswith("arch "))
+        return arch_line, OmegaConf.load(tmp_path / name / "resolved_config.yaml")
+
+    line, resolved = dry_run("shrunk")
+    assert "preset lr measured at start-up" in line and resolved.arch.preset.lr is None
+    line, resolved = dry_run("set", "train.lr=1e-3")
+    assert "preset lr 0.001 (short-run benchmark)" in line and resolved.train.lr == 1e-3
 
 
 def test_the_rule_rounds_the_geometric_mean_down_to_e6():

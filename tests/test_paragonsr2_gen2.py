@@ -45,6 +45,7 @@ from safetensors.torch import load_file
 from zerosr import archs
 from zerosr.archs import paragonsr2_gen2 as gen2
 from zerosr.archs.paragonsr2_gen2 import ParagonSR2Gen2
+from zerosr.config.presets import lr_from_range_test, rule_exponent
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "archs"
@@ -378,8 +379,9 @@ SHORT_RUNS = {
 
 def short_run(option: str, params: dict, iterations: int, tmp_path: Path) -> Path:
     """`train.py arch=OPTION` on textured HR-only images the test makes, every automation on:
-    every step ran, at the option's measured preset, and the held-out images end above bicubic.
-    `params` shrink the network. Returns the run folder."""
+    every step ran, at the option's preset, and the held-out images end above bicubic. `params`
+    shrink the network: another network than the preset's, so its preset LR is measured at
+    start-up against its family's anchor. Returns the run folder."""
     from test_custom_arch import make_textured
 
     hr, _ = make_textured(tmp_path / "data")  # HR only: the LR images are made by the run
@@ -389,13 +391,28 @@ def short_run(option: str, params: dict, iterations: int, tmp_path: Path) -> Pat
         [sys.executable, "train.py", f"arch={option}", f"data.gt_path={hr}", "data.n_val=2",
          f"train.total_iter={iterations}", f"train.val_freq={iterations // 2}", "train.lq_size=24",
          "hardware_tier.num_workers=0", *shrink, f"hydra.run.dir={run}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200, env={**os.environ, "ZEROSR_FAKE_HARDWARE": ""},
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "ZEROSR_FAKE_HARDWARE": "", "ZEROSR_CACHE_DIR": str(tmp_path / "cache")},
     )
     assert out.returncode == 0, out.stderr[-3000:]
     steps = [r for r in records(run / "metrics.jsonl") if "lr" in r]
     assert len(steps) == iterations  # every step ran
-    resolved = OmegaConf.load(run / "resolved_config.yaml")
-    assert resolved.train.lr == archs.variant(option).preset["lr"]  # the measured preset
+    preset = archs.variant(option).preset
+    decisions = records(run / "automation.jsonl")
+    measured = [d["change"]["preset_lr"][1] for d in decisions if "preset_lr" in d["change"]]
+    if params:  # the shrunk network's own preset, by the rule against its family's anchor
+        (lr,) = measured
+        entry = next(iter(json.loads((tmp_path / "cache" / "lr_presets.json").read_text()).values()))
+        base = archs.spec.anchor(archs.variant(option).family)
+        exponent = rule_exponent(base.preset, base.family == archs.variant(option).family)
+        assert lr == lr_from_range_test(entry["divergence"], entry["anchor_divergence"], preset["batch_size"],
+                                        base.preset["batch_size"], base.preset["lr"], exponent)
+    else:
+        assert not measured and OmegaConf.load(run / "resolved_config.yaml").train.lr == preset["lr"]
+        lr = preset["lr"]
+    (start,) = [d["change"]["start_lr"][1] for d in decisions if "start_lr" in d["change"]]
+    assert f"preset {lr:g}" in next(d["reason"] for d in decisions if "start_lr" in d["change"])
+    assert max(r["lr"] for r in steps) == pytest.approx(start, rel=1e-6)  # what the optimizer ran at
     last = [r for r in records(run / "metrics.jsonl") if "val/psnr" in r][-1]
     assert last["val/psnr"] > last["val/bicubic_psnr"], last  # held-out images
     return run

@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from zerosr.config.compose import compose_config
+from zerosr.config.presets import leave_lr_to_measurement
 from zerosr.config.resolved import replayable, resolved_dict
 from zerosr.config.user_set import RECORD_KEY, leaves
 from zerosr.config.validate import validate
@@ -29,6 +30,7 @@ def create_zero_config_training(architecture: str, dataset_gt_path: str, dataset
     # What the caller gave stays fixed when the YAML runs: the rest is derived and may be measured.
     given = {f"data.{key}" for key, value in data.items() if value is not None}
     given |= set(leaves(OmegaConf.create(custom_overrides or {})))
+    cfg = leave_lr_to_measurement(cfg, given)  # other arch.params: another network, measured at start-up
     return replayable({**resolved_dict(cfg), RECORD_KEY: sorted(given)})
 
 

@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from zerosr.config.far_out import far_out_warnings
+from zerosr.config.presets import leave_lr_to_measurement
 from zerosr.config.resolved import resolved_dict, write_replayable
 from zerosr.config.tier import settle_tier
 from zerosr.config.user_set import RECORD_KEY
@@ -36,6 +37,7 @@ def run(cfg: DictConfig) -> float:
     if distributed.launched():  # torchrun: one process group, one run directory, rank 0 writes
         run_dir = join_ranks(run_dir)
     user_set = remember_user_set(cfg)  # what the user set wins over start-up measurement
+    cfg = leave_lr_to_measurement(cfg, user_set)  # arch.params changed: another network, measured
     if distributed.is_main():  # a replay keeps what the user set fixed
         write_replayable({**resolved_dict(cfg), RECORD_KEY: sorted(k for k in user_set if not k.startswith("hydra."))},
                          run_dir / "resolved_config.yaml")

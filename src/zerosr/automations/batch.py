@@ -14,12 +14,14 @@ with the target: over `target_vram_usage` it shrinks, under the budget it grows 
 an out-of-memory error halves the batch. A size that ever failed is never used again, nor any
 larger one (memory grows with the batch).
 
-CPU tier. There is no VRAM: `cpu_batch_size` measures samples/s for the candidate sizes that fit a
-RAM budget, in interleaved rounds, and keeps the tier's size unless another is more than 10 %
-faster in every round. A single reading decided before, and a busy neighbour process flipped it
-(nano on BSD100 went to batch 4, "4: 18, 8: 15 samples/s", and trained on half the samples); in
-one round every size meets the same load. (Ties went to the smallest size earlier still; measured
-on bsd100, nano, 524 iterations: batch 4 ended 0.17 dB below batch 8 at the same throughput.)
+CPU tier. There is no VRAM: `cpu_batch_size` measures samples/s for the tier's size and the larger
+candidates that fit a RAM budget, in interleaved rounds, and keeps the tier's size unless a larger
+one is more than 10 % faster in every round. A single reading decided before, and a busy
+neighbour process flipped it; in one round every size meets the same load. A smaller size is
+tried only where the tier's does not fit the RAM budget: a run is counted in iterations, so a
+smaller batch trains on fewer samples, however much faster each sample goes (on a quiet core
+nano's batch 4 ran 28 % more samples/s than 8, and the run ended 0.07 dB lower at 600 iterations,
+in 108 s against 160 s for the same iterations at 8; measured on BSD100 x2, `bench/quality.py`).
 """
 
 from __future__ import annotations
@@ -175,13 +177,16 @@ def cpu_batch_size(measure: Callable[[int], float], candidates: Iterable[int], r
                    rounds: int = CPU_ROUNDS) -> tuple[int, dict[int, float]]:
     """CPU tier: measure samples/s (`measure(batch)`, one reading) for the candidates within the
     RAM budget, `rounds` times, interleaved so a change of load meets every size alike. Keep
-    `preferred` (the tier's size) unless another size beats it by `CPU_CLEAR_GAIN` in every round;
-    of those, the fastest by median. Without `preferred` among them: the fastest by median.
-    Returns (batch, median samples/s per size)."""
+    `preferred` (the tier's size) unless a larger size beats it by `CPU_CLEAR_GAIN` in every round;
+    of those, the fastest by median. Sizes below `preferred` are not measured while it fits: they
+    train on fewer samples in the run's iterations. Without `preferred` among the sizes that fit:
+    the fastest of those by median. Returns (batch, median samples/s per size)."""
     ordered = sorted(set(int(c) for c in candidates if c >= 1))
     if not ordered:
         raise ValueError("cpu_batch_size needs at least one candidate batch size")
     allowed = [c for c in ordered if c * bytes_per_sample <= ram_budget_bytes] or ordered[:1]
+    if preferred in allowed:
+        allowed = [c for c in allowed if c >= preferred]
     readings: dict[int, list[float]] = {batch: [] for batch in allowed}
     for turn in range(max(1, rounds)):
         shift = turn % len(allowed)  # each size takes each place in the order

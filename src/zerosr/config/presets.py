@@ -86,3 +86,29 @@ def training_preset(option: str) -> dict:
 
 def loss_schedule_preset(option: str) -> dict:
     return dict(training_preset(option)["loss_schedule"])
+
+
+def leave_lr_to_measurement(cfg, user_set: set[str]):
+    """`cfg` with the preset LR left to the start-up measurement (`zerosr.engine.preset_lr`) where
+    the option's own preset was measured for another network: a built-in option whose
+    `arch.params` differ from its file's (`arch=span_s arch.params.feature_channels=16`) is a
+    network of its own, measured by the range-test rule against its family's anchor as arch=custom
+    is against nano. Unchanged where the user set the LR (`train.lr`, `arch.preset.lr`) or turned
+    the LR automation off: their value, or the option's preset, is then what trains."""
+    from omegaconf import OmegaConf, open_dict
+
+    from zerosr.archs.spec import CUSTOM, variant
+
+    arch = cfg.arch
+    if arch.name == CUSTOM or not cfg.automation.lr.enabled or user_set & {"train.lr", "arch.preset.lr"}:
+        return cfg
+    if not OmegaConf.is_interpolation(cfg.train, "lr"):  # a written-out config: its LR trains as written
+        return cfg
+    if OmegaConf.to_container(arch.params, resolve=True) == dict(variant(arch.name).params):
+        return cfg
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.arch.preset.lr = None
+        cfg.arch.preset.lr_source = "measured at start-up"
+        cfg.arch.preset.divergence_lr = None  # the file's network's, not this one's
+    return cfg

@@ -16,7 +16,7 @@ import psutil
 import torch
 from omegaconf import DictConfig
 
-from zerosr.archs.spec import feature_width
+from zerosr.archs.spec import CUSTOM, feature_width
 from zerosr.automations import analyse, cpu_batch_size, find_batch_size, peak_memory_of
 from zerosr.automations.base import Decision
 from zerosr.automations.batch import CPU_CLEAR_GAIN, CPU_ROUNDS, NOT_RUN, PROBE_STEPS, lq_candidates, memory_budget, memory_size
@@ -89,7 +89,7 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
     # The least a search can do: on a GPU the first probe and one larger size; on the CPU its
     # three timed sizes (a warm-up and three timed steps each).
     least = (PROBE_STEPS * 3 if by_memory
-             else 4 * sum(c / batch for c in _cpu_candidates(batch, auto)))
+             else 4 * sum(c / batch for c in _cpu_candidates(batch, auto) if c >= batch))
     if bound < least:
         fallback = ("an out-of-memory error would halve it, the memory watch adjusts it" if by_memory
                     else "no timing")
@@ -151,7 +151,8 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
                                                preferred=batch)
             rates = ", ".join(f"{b}: {s:.0f}" for b, s in sorted(speeds.items()))
             why = (f"measured samples/s ({rates}) within {budget / 2**30:.1f} GiB RAM: the tier's {batch} "
-                   f"unless another is over {CPU_CLEAR_GAIN:.0%} faster in each of {CPU_ROUNDS} interleaved rounds")
+                   f"unless a larger one is over {CPU_CLEAR_GAIN:.0%} faster in each of {CPU_ROUNDS} interleaved "
+                   "rounds (a smaller one trains on fewer samples in the same iterations)")
     change = {}
     if new_batch != batch:
         change["batch_size"] = (batch, new_batch)
@@ -163,7 +164,8 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
 
 
 def _cpu_candidates(batch: int, auto) -> list[int]:
-    """One octave either side of the tier's batch: throughput on a CPU is flat beyond that."""
+    """One octave either side of the tier's batch: throughput on a CPU is flat beyond that. The
+    smaller one is measured only where the tier's does not fit the RAM budget (`cpu_batch_size`)."""
     candidates = [b for b in (batch // 2, batch, batch * 2) if auto.min_batch_size <= b <= auto.max_batch_size]
     return candidates or [batch]
 
@@ -190,13 +192,16 @@ def starting_lr(cfg: DictConfig, lr: LRController, user_set: set[str], measured:
                 measured_s: float) -> Decision:
     """The start-up screen's and automation.jsonl's one line on the LR: the value the steps after
     the warm-up run at, each factor that made it, and what measuring it cost (`measured_s`).
-    `measured` is arch=custom's preset measurement, None for a built-in preset."""
+    `measured` is the preset measurement of a network with no preset of its own (arch=custom, or
+    an option with other arch.params), None for a built-in preset."""
     train, preset = cfg.train, cfg.arch.preset
     if "lr" in user_set:
         parts = [f"train.lr={float(train.lr):g} set by you"]
     elif measured is not None:
         how = "cached from an earlier start-up" if measured.cached else "measured at start-up"
-        parts = [f"{cfg.arch.name}'s preset {float(preset.lr):g}, {how} by the range-test rule"]
+        network = "this custom network" if cfg.arch.name == CUSTOM else f"{cfg.arch.name} with your arch.params"
+        parts = [f"preset {float(preset.lr):g} for {network}, {how} by the range-test rule against "
+                 f"{measured.anchor_option}"]
     else:
         parts = [f"{cfg.arch.name}'s preset {float(preset.lr):g} ({preset.lr_source})"]
     if float(train.lr_scale) != 1:
