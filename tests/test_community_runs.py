@@ -92,6 +92,30 @@ def test_train_py_runs_with_every_automation(option, data, tmp_path):
     assert all(model.arch_params[key] == value for key, value in SMALL[option].items())
 
 
+COMMUNITY = [option for option, chosen in archs.spec.variants().items()
+             if chosen.family in ("SPAN", "Compact", "PLKSR", "ESRGAN")]
+
+
+@pytest.mark.parametrize("option", COMMUNITY)
+def test_every_full_size_variant_trains_from_hr_images_alone(option, tmp_path):
+    """`train.py arch=OPTION data.gt_path=HR` as a user starts it, the full-size network, every
+    automation on (a few iterations on 16 px patches: the network, not the run, is under test)."""
+    from test_custom_arch import make_textured
+
+    hr, _ = make_textured(tmp_path / "data", count=4, size=32)
+    run_dir = tmp_path / "run"
+    out = subprocess.run([sys.executable, "train.py", f"arch={option}", f"data.gt_path={hr}", "data.n_val=1",
+                          "train.total_iter=4", "train.val_freq=2", "train.lq_size=16", "hardware_tier.num_workers=0",
+                          f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "ZEROSR_FAKE_HARDWARE": "", "ZEROSR_CACHE_DIR": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "=== zerosr run summary ===" in out.stdout
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"lr"' in line]
+    assert len(steps) == 4 and all(np.isfinite(step["loss"]) for step in steps)
+    model = archs.load(run_dir / "models" / "best.safetensors")
+    assert (model.arch_name, model.scale, model.arch_params) == (option, 2, archs.variant(option).params)
+
+
 # (params, iterations): trained from scratch with every automation on; the held-out PSNR must end
 # above bicubic (32.02 dB). A shrunk network is measured at start-up for its own preset LR: at the
 # full-size presets, shrunk span_s and realplksr_tiny stood at 31.81 / 31.89 dB after 1200

@@ -19,9 +19,9 @@ candidates that fit a RAM budget, in interleaved rounds, and keeps the tier's si
 one is more than 10 % faster in every round. A single reading decided before, and a busy
 neighbour process flipped it; in one round every size meets the same load. A smaller size is
 tried only where the tier's does not fit the RAM budget: a run is counted in iterations, so a
-smaller batch trains on fewer samples, however much faster each sample goes (on a quiet core
-nano's batch 4 ran 28 % more samples/s than 8, and the run ended 0.07 dB lower at 600 iterations,
-in 108 s against 160 s for the same iterations at 8; measured on BSD100 x2, `bench/quality.py`).
+smaller batch trains on fewer samples, however much faster each sample goes (on a quiet machine
+nano's search picked 4 over 8, and its 600-iteration runs on BSD100 x2 ended 0.024 dB lower over
+three seeds, `bench/quality.py --iters 600`).
 """
 
 from __future__ import annotations

@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import math
 
+from omegaconf import DictConfig, OmegaConf, open_dict
+
 E6 = (1.0, 1.5, 2.2, 3.3, 4.7, 6.8)
 LOSS_SCHEDULE_KEYS = ("momentum", "adaptation_rate", "max_weight", "adaptation_threshold", "baseline_iterations")
 
@@ -88,15 +90,13 @@ def loss_schedule_preset(option: str) -> dict:
     return dict(training_preset(option)["loss_schedule"])
 
 
-def leave_lr_to_measurement(cfg, user_set: set[str]):
+def leave_lr_to_measurement(cfg: DictConfig, user_set: set[str]) -> DictConfig:
     """`cfg` with the preset LR left to the start-up measurement (`zerosr.engine.preset_lr`) where
     the option's own preset was measured for another network: a built-in option whose
     `arch.params` differ from its file's (`arch=span_s arch.params.feature_channels=16`) is a
     network of its own, measured by the range-test rule against its family's anchor as arch=custom
     is against nano. Unchanged where the user set the LR (`train.lr`, `arch.preset.lr`) or turned
     the LR automation off: their value, or the option's preset, is then what trains."""
-    from omegaconf import OmegaConf, open_dict
-
     from zerosr.archs.spec import CUSTOM, variant
 
     arch = cfg.arch

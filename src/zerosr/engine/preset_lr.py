@@ -143,10 +143,10 @@ def divergence_lr(probe: DictConfig, dataset, seed: int) -> float:
     return float(f"{grid[min(len(result.lrs), len(grid) - 1)]:.4g}")
 
 
-def probe_config(cfg: DictConfig, variant=None) -> DictConfig:
+def probe_config(cfg: DictConfig, network=None) -> DictConfig:
     """The run's config as a range test needs it: 4 x 24 px batches (the run's patch if smaller),
-    no pretrain, a placeholder LR (the test sets its own at every step); with `variant`, that
-    built-in network instead."""
+    no pretrain, a placeholder LR (the test sets its own at every step); with `network` (a
+    `zerosr.archs.spec.Variant`), that built-in variant instead."""
     probe = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(probe):
         # The run's own patch where it is smaller: it fits the run's images, which 24 px may not.
@@ -154,9 +154,9 @@ def probe_config(cfg: DictConfig, variant=None) -> DictConfig:
         probe.train.update(batch_size=PROBE_BATCH, lq_size=lq_size, pretrain=None, lr=PROBE_LR, lr_scale=1.0)
         probe.train.optimizer.lr = PROBE_LR
         probe.debug.inject_oom_at = []
-        if variant is not None:
-            probe.arch = {"name": variant.option, "family": variant.family, "variant": variant.variant,
-                          "_target_": None, "params": dict(variant.params), "preset": dict(variant.preset)}
+        if network is not None:
+            probe.arch = {"name": network.option, "family": network.family, "variant": network.variant,
+                          "_target_": None, "params": dict(network.params), "preset": dict(network.preset)}
     return probe
 
 
