@@ -108,7 +108,10 @@ def test_fast_body_mode_halves_depth_like_the_reference():
         (lambda: build("paragonsr2_nano", 5), "paragonsr2_nano does not support scale 5: use one of 2, 3, 4, 8"),
         (lambda: build("paragonsr2_nano", True), "does not support scale True"),
         (lambda: build("paragonsr2_nano", 2, num_heads=4), "unknown parameter(s) num_heads for paragonsr2_nano"),
-        (lambda: build("paragonsr2_nano", 2, upsampler_alpha=2.0), "invalid parameters for paragonsr2_nano"),
+        (lambda: build("paragonsr2_nano", 2, upsampler_alpha=2.0),
+         "paragonsr2_nano cannot be built with upsampler_alpha=2.0 (ValueError: upsampler_alpha must be in [0, 1], "
+         "got 2.0): fix arch.params (its own: upsampler_alpha=0.4)"),
+        (lambda: build("span_s", 2, feature_channels=-4), "span_s cannot be built with feature_channels=-4 (RuntimeError"),
     ],
 )
 def test_build_errors_are_one_line_user_errors(call, expected):

@@ -103,6 +103,23 @@ def test_a_shrunk_option_shows_its_preset_lr_as_measured_and_a_users_lr_as_set(t
     assert "preset lr 0.001 (short-run benchmark)" in line and resolved.train.lr == 1e-3
 
 
+@pytest.mark.parametrize("option, override, says", [
+    ("span_s", "arch.params.feature_channels=-4", "span_s cannot be built with feature_channels=-4 (RuntimeError: "),
+    ("span_s", "arch.params.feature_channels=0", "span_s with feature_channels=0 fails on a (1, 3, 32, 32) LR patch"),
+    ("realplksr_tiny", "arch.params.n_blocks=abc", "realplksr_tiny cannot be built with n_blocks='abc' (TypeError"),
+])
+def test_bad_arch_params_are_one_line_exit_2_before_any_work(option, override, says, tmp_path):
+    from test_train import make_dataset
+
+    hr, _ = make_dataset(tmp_path / "data", count=6, size=32)
+    out = subprocess.run([sys.executable, "train.py", f"arch={option}", override, f"data.gt_path={hr}", "data.n_val=2",
+                          "train.lq_size=16", "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and says in last and "fix arch.params" in last, last
+
+
 def test_the_rule_rounds_the_geometric_mean_down_to_e6():
     assert round_down_e6(2.9e-4) == 2.2e-4 and round_down_e6(1e-4) == 1e-4 and round_down_e6(6.79e-5) == 4.7e-5
     # s against nano, BSD100 x2: 2.8e-2 / 3.3e-2 vs 6.3e-2 / 8.7e-2, batch hints 16 and 32. By the

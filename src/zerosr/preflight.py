@@ -276,16 +276,40 @@ def _data_folders(cfg: DictConfig) -> tuple[tuple, tuple | None]:
 
 def _check_network(cfg: DictConfig) -> None:
     """arch=custom: the user's class imports, takes `scale`, builds with arch.params and maps an
-    LR patch to scale x its size; anything else is one line (raised: no run can start without it)."""
+    LR patch to scale x its size; a built-in option with other arch.params builds with them and
+    runs such a patch. Anything else is one line (raised: no run can start without it)."""
     if cfg.arch.name != CUSTOM:
         if cfg.arch.get("_target_") is not None:
             raise UserError(f"arch._target_ names your own network, which needs arch=custom (not arch={cfg.arch.name}): "
                             f"add arch=custom or drop arch._target_")
+        _check_own_params(cfg)
         return
     from zerosr.archs.custom import check_contract
     from zerosr.archs.spec import build
 
     check_contract(build(CUSTOM, int(cfg.scale), cfg.arch.get("_target_"), **cfg.arch.params), int(cfg.scale))
+
+
+def _check_own_params(cfg: DictConfig) -> None:
+    """A built-in option whose arch.params differ from its file's: built, and one LR patch run."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from zerosr.archs.custom import CHECK_SIZE
+    from zerosr.archs.spec import build, changed_params, variant
+
+    option, scale = cfg.arch.name, int(cfg.scale)
+    params = OmegaConf.to_container(cfg.arch.params, resolve=True)
+    if params == dict(variant(option).params):
+        return
+    model = build(option, scale, None, **params).eval()
+    try:
+        with torch.no_grad():
+            model(torch.rand(1, 3, CHECK_SIZE, CHECK_SIZE))
+    except Exception as exc:  # noqa: BLE001 - any failure of the forward is the parameters'
+        raise UserError(f"{option} with {changed_params(option, params)} fails on a (1, 3, {CHECK_SIZE}, {CHECK_SIZE}) "
+                        f"LR patch ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}): "
+                        f"fix arch.params") from None
 
 
 def _check_weights(cfg: DictConfig, report: Report) -> None:

@@ -285,9 +285,18 @@ def build(option: str, scale: int, target: str | None = None, **params) -> nn.Mo
     run = {key: keywords.pop(key) for key in owner.run_options if key in keywords}
     try:
         model = owner.network(scale=int(scale), **keywords, **run)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"invalid parameters for {option}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: torch refusing a size (negative, zero)
+        own = ", ".join(f"{k}={v!r}" for k, v in chosen.params.items() if k in params and params[k] != v)
+        raise UserError(f"{option} cannot be built with {changed_params(option, params)} ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:120]}): fix arch.params"
+                        + (f" (its own: {own})" if own else "")) from None
     return mark(model, option, owner.name, int(scale), keywords)
+
+
+def changed_params(option: str, params: dict) -> str:
+    """`params` that differ from the option's file, as `key=value` for a message."""
+    own = variant(option).params
+    return ", ".join(f"{k}={v!r}" for k, v in params.items() if k not in own or own[k] != v) or "its own parameters"
 
 
 def mark(model: nn.Module, option: str, family_name: str, scale: int, params: dict) -> nn.Module:
