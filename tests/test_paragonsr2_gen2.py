@@ -389,7 +389,7 @@ def short_run(option: str, params: dict, iterations: int, tmp_path: Path) -> Pat
     shrink = [f"arch.params.{key}={value}" for key, value in params.items()]
     out = subprocess.run(
         [sys.executable, "train.py", f"arch={option}", f"data.gt_path={hr}", "data.n_val=2",
-         f"train.total_iter={iterations}", f"train.val_freq={iterations // 2}", "train.lq_size=24",
+         f"train.total_iter={iterations}", f"train.val_freq={iterations // 2}", "train.log_freq=1", "train.lq_size=24",
          "hardware_tier.num_workers=0", *shrink, f"hydra.run.dir={run}"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,
         env={**os.environ, "ZEROSR_FAKE_HARDWARE": "", "ZEROSR_CACHE_DIR": str(tmp_path / "cache")},
