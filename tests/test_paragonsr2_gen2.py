@@ -377,19 +377,20 @@ SHORT_RUNS = {
 }
 
 
-def short_run(option: str, params: dict, iterations: int, tmp_path: Path) -> Path:
+def short_run(option: str, params: dict, iterations: int, tmp_path: Path, scale: int = 2) -> Path:
     """`train.py arch=OPTION` on textured HR-only images the test makes, every automation on:
     every step ran, at the option's preset, and the held-out images end above bicubic. `params`
     shrink the network: another network than the preset's, so its preset LR is measured at
     start-up against its family's anchor. Returns the run folder."""
     from test_custom_arch import make_textured
 
-    hr, _ = make_textured(tmp_path / "data")  # HR only: the LR images are made by the run
+    hr, _ = make_textured(tmp_path / "data", scale=scale)  # HR only: the LR images are made by the run
     run = tmp_path / "run"
     shrink = [f"arch.params.{key}={value}" for key, value in params.items()]
     out = subprocess.run(
-        [sys.executable, "train.py", f"arch={option}", f"data.gt_path={hr}", "data.n_val=2",
-         f"train.total_iter={iterations}", f"train.val_freq={iterations // 2}", "train.log_freq=1", "train.lq_size=24",
+        [sys.executable, "train.py", f"arch={option}", f"scale={scale}", f"data.gt_path={hr}", "data.n_val=2",
+         f"train.total_iter={iterations}", f"train.val_freq={iterations // 2}", "train.log_freq=1",
+         f"train.lq_size={min(24, 64 // scale)}",  # the test's 64 px images: 16 px LR at x4
          "hardware_tier.num_workers=0", *shrink, f"hydra.run.dir={run}"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,
         env={**os.environ, "ZEROSR_FAKE_HARDWARE": "", "ZEROSR_CACHE_DIR": str(tmp_path / "cache")},
