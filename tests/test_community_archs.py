@@ -71,14 +71,20 @@ def test_outputs_match_spandrel_in_train_and_eval_mode(tag):
         for mode in ("train", "eval"):
             model.train(mode == "train")
             reference, ours = expected[f"{tag}/{mode}"], model(x.clone())
+            # Within 1e-5 of the output's scale: float32 rounding grows with the values, and its order
+            # is the CPU's (vector width, summation order). ESRGAN x4's outputs (up to 21) after 23
+            # RRDB blocks differ by 3.3e-5 from a fixture made on another machine.
+            scale = max(1.0, reference.abs().max().item())
             if tag.startswith("span_norm"):
-                # Inputs x255 make float32 rounding 255x larger, in spandrel as here: measured against
-                # the float64 result, ours must be at least as close as spandrel's.
+                # Inputs x255 make float32 rounding 255x larger, in spandrel as here. Spandrel's output
+                # must equal our float64 result within that rounding (the networks compute the same),
+                # and ours must be at least as close to it as spandrel's.
                 exact = model.double()(x.double()).float()
                 model.float()
+                assert (reference - exact).abs().max() <= 1e-3 * scale, mode
                 assert (ours - exact).abs().max() <= (reference - exact).abs().max() + 1e-5, mode
             else:
-                assert (ours - reference).abs().max().item() <= 1e-5, mode
+                assert (ours - reference).abs().max().item() <= 1e-5 * scale, mode
 
 
 @pytest.mark.parametrize("tag", CASES)

@@ -296,11 +296,11 @@ def _check_own_params(cfg: DictConfig) -> None:
     from omegaconf import OmegaConf
 
     from zerosr.archs.custom import CHECK_SIZE
-    from zerosr.archs.spec import build, changed_params, variant
+    from zerosr.archs.spec import build, changed_params, is_reshaped
 
     option, scale = cfg.arch.name, int(cfg.scale)
     params = OmegaConf.to_container(cfg.arch.params, resolve=True)
-    if params == dict(variant(option).params):
+    if not is_reshaped(option, params):
         return
     model = build(option, scale, None, **params).eval()
     try:

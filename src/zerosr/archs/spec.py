@@ -293,6 +293,12 @@ def build(option: str, scale: int, target: str | None = None, **params) -> nn.Mo
     return mark(model, option, owner.name, int(scale), keywords)
 
 
+def is_reshaped(option: str, params: dict) -> bool:
+    """Whether `params` (a run's arch.params) make another network than the option's file names:
+    its preset LR then no longer holds, and the preflight builds it before any work."""
+    return option != CUSTOM and dict(params) != dict(variant(option).params)
+
+
 def changed_params(option: str, params: dict) -> str:
     """`params` that differ from the option's file, as `key=value` for a message."""
     own = variant(option).params

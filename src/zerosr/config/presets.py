@@ -97,14 +97,13 @@ def leave_lr_to_measurement(cfg: DictConfig, user_set: set[str]) -> DictConfig:
     network of its own, measured by the range-test rule against its family's anchor as arch=custom
     is against nano. Unchanged where the user set the LR (`train.lr`, `arch.preset.lr`) or turned
     the LR automation off: their value, or the option's preset, is then what trains."""
-    from zerosr.archs.spec import CUSTOM, variant
+    from zerosr.archs.spec import is_reshaped
 
-    arch = cfg.arch
-    if arch.name == CUSTOM or not cfg.automation.lr.enabled or user_set & {"train.lr", "arch.preset.lr"}:
+    if not cfg.automation.lr.enabled or user_set & {"train.lr", "arch.preset.lr"}:
         return cfg
     if not OmegaConf.is_interpolation(cfg.train, "lr"):  # a written-out config: its LR trains as written
         return cfg
-    if OmegaConf.to_container(arch.params, resolve=True) == dict(variant(arch.name).params):
+    if not is_reshaped(cfg.arch.name, OmegaConf.to_container(cfg.arch.params, resolve=True)):
         return cfg
     cfg = cfg.copy()
     with open_dict(cfg):
