@@ -1,5 +1,6 @@
 """SPAN, Compact, PLKSR and ESRGAN through zerosr: ONNX parity, tiling, and `train.py` runs with
-every automation on, as real processes, one variant per family (shrunk through `arch.params`)."""
+every automation on, as real processes: every variant at full size for a few iterations, and one
+variant per family (shrunk through `arch.params`) trained until it must pass bicubic."""
 
 from __future__ import annotations
 
