@@ -106,6 +106,16 @@ def test_cpu_pick_keeps_the_tier_size_unless_a_larger_one_is_clearly_faster_with
     assert batch == 2  # 4 does not fit the RAM budget: the fastest that does
 
 
+def test_with_one_size_to_choose_from_the_cpu_pick_times_nothing():
+    measured = []
+    batch, seen = cpu_batch_size(lambda b: measured.append(b) or 1.0, [2, 4, 8], ram_budget_bytes=7 * 100,
+                                 bytes_per_sample=100, preferred=4)
+    assert (batch, seen, measured) == (4, {}, [])  # 8 over the RAM budget, 2 below the tier's 4 that fits
+    batch, seen = cpu_batch_size(lambda b: measured.append(b) or 1.0, [2, 4, 8], ram_budget_bytes=50,
+                                 bytes_per_sample=100, preferred=4)
+    assert (batch, seen, measured) == (2, {}, [])  # none fits: the smallest, untimed
+
+
 def test_a_busy_moment_does_not_flip_the_cpu_pick():
     """One round measured while a neighbour process ran: the larger batch looks 20 % faster there
     only. A single reading would have picked it."""

@@ -202,19 +202,25 @@ def test_a_custom_file_is_refused_for_another_network_or_scale_in_one_line(tmp_p
                            target="test_custom_arch.TinyNet")
 
 
-def test_the_preset_lr_cache_is_keyed_by_network_params_scale_and_tier():
+def test_the_preset_lr_cache_is_keyed_by_network_params_scale_tier_and_probe_patch():
     from omegaconf import OmegaConf
 
     def key(**change):
-        node = OmegaConf.create({"arch": {"_target_": "a.Net", "params": {"width": 8}}, "scale": 2,
-                                 "hardware_tier": {"name": "cpu"}})
+        node = OmegaConf.create({"arch": {"name": "custom", "_target_": "a.Net", "params": {"width": 8}}, "scale": 2,
+                                 "hardware_tier": {"name": "cpu"}, "train": {"lq_size": 48}})
         for dotted, value in change.items():
             OmegaConf.update(node, dotted.replace("__", "."), value, merge=False)
         return preset_lr.cache_key(node)
 
     variants = [key(), key(arch___target_="b.Net"), key(arch__params={"width": 16}), key(scale=4),
-                key(hardware_tier__name="budget")]
-    assert len(set(variants)) == 5 and key() == variants[0]
+                key(hardware_tier__name="budget"), key(train__lq_size=16)]
+    assert len(set(variants)) == 6 and key() == variants[0]
+    assert key(train__lq_size=24) == key()  # both probe at 24 px
+    # A run option (checkpointing) runs the same network: the same measurement.
+    nano = {"arch__name": "paragonsr2_nano", "arch___target_": None}
+    plain = key(**nano, arch__params=dict(archs.spec.variant("paragonsr2_nano").params))
+    checkpointed = key(**nano, arch__params={**archs.spec.variant("paragonsr2_nano").params, "checkpointing": True})
+    assert plain == checkpointed
 
 
 def test_feature_width_comes_from_the_spec_or_the_network():

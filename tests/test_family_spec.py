@@ -71,6 +71,17 @@ def test_an_option_with_other_arch_params_leaves_its_preset_lr_to_the_start_up_m
     written = composed("arch.params.feature_channels=16")
     written.train.lr = 6.8e-4  # a config written out with every value: its LR trains as written
     assert leave_lr_to_measurement(written, set()) is written
+    given = composed("arch.params.feature_channels=16", "arch.preset.divergence_lr=[0.02,0.02]")
+    assert list(leave_lr_to_measurement(given, {"arch.preset.divergence_lr"}).arch.preset.divergence_lr) == [0.02, 0.02]
+
+
+def test_a_run_option_is_not_another_network():
+    # Checkpointing changes how the network runs, not its weights: the file's trained LR holds.
+    for option, run_option in [("paragonsr2_s", "checkpointing"), ("paragonsr2_photo", "use_checkpointing")]:
+        cfg = compose_config([f"arch={option}", f"+arch.params.{run_option}=true"])
+        assert not spec.is_reshaped(option, OmegaConf.to_container(cfg.arch.params))
+        assert leave_lr_to_measurement(cfg, set()) is cfg
+    assert spec.is_reshaped("paragonsr2_s", {**spec.variant("paragonsr2_s").params, "checkpointing": True, "num_feat": 32})
 
 
 def test_the_api_leaves_a_shrunk_options_preset_lr_to_the_start_up_measurement(fake_hardware):

@@ -227,6 +227,21 @@ def test_the_cpu_tier_named_on_a_gpu_times_the_search_instead_of_failing(card, d
     assert "measured samples/s" in decision.reason
 
 
+def test_the_cpu_search_with_one_size_to_choose_from_runs_no_step(data, tmp_path, monkeypatch):
+    # The tier's batch 2 with automation.batch.max_batch_size=2: no larger size to time, and no
+    # smaller one while 2 fits, so timing would cost steps and decide nothing.
+    events = count_probes(monkeypatch)
+    trainer = Trainer(compose_config(sim_overrides(data, **{"train.lq_size": 8, "train.total_iter": 400,
+                                                            "automation.batch.max_batch_size": 2})),
+                      tmp_path / "run")
+    try:
+        batch, _, decision = search_batch_size(trainer.learner, trainer.cfg, 2, 8, keep_lq_size=True)
+    finally:
+        trainer.close()
+    assert batch == 2 and events == [] and decision.change == {}
+    assert "no timing: 2 is the only size to choose" in decision.reason
+
+
 def test_cudnn_autotunes_the_training_step_only(card, data, tmp_path):  # noqa: F811
     # cuDNN's benchmark mode searches kernels (and grows its workspace) at every new shape: on for
     # the training step's fixed shape, off for the probes' many batches and validation's images.

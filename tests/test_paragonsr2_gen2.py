@@ -45,7 +45,8 @@ from safetensors.torch import load_file
 from zerosr import archs
 from zerosr.archs import paragonsr2_gen2 as gen2
 from zerosr.archs.paragonsr2_gen2 import ParagonSR2Gen2
-from zerosr.config.presets import lr_from_range_test, rule_exponent
+from zerosr.config.derive import run_length_factor
+from zerosr.config.presets import lr_from_range_test
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "archs"
@@ -377,6 +378,13 @@ SHORT_RUNS = {
 }
 
 
+# A shrunk network's LR is measured against its family's trained variant, or nano's where the
+# family has none; every one of these takes the rule in proportion (exponent 1).
+SHRUNK_ANCHOR = {"span_s": "span_s", "realplksr_tiny": "paragonsr2_nano", "esrgan_lite": "paragonsr2_nano",
+                 "paragonsr2_stream": "paragonsr2_nano", "paragonsr2_photo": "paragonsr2_nano",
+                 "paragonsr2_pro": "paragonsr2_nano"}
+
+
 def short_run(option: str, params: dict, iterations: int, tmp_path: Path, scale: int = 2) -> Path:
     """`train.py arch=OPTION` on textured HR-only images the test makes, every automation on:
     every step ran, at the option's preset, and the held-out images end above bicubic. `params`
@@ -404,15 +412,18 @@ def short_run(option: str, params: dict, iterations: int, tmp_path: Path, scale:
     if params:  # the shrunk network's own preset, by the rule against its family's anchor
         (lr,) = measured
         entry = next(iter(json.loads((tmp_path / "cache" / "lr_presets.json").read_text()).values()))
-        base = archs.spec.anchor(archs.variant(option).family)
-        exponent = rule_exponent(base.preset, base.family == archs.variant(option).family)
+        base = archs.variant(SHRUNK_ANCHOR[option])  # its family's trained variant, or nano
+        assert f"against {base.option}'s" in next(d["reason"] for d in decisions if "preset_lr" in d["change"])
         assert lr == lr_from_range_test(entry["divergence"], entry["anchor_divergence"], preset["batch_size"],
-                                        base.preset["batch_size"], base.preset["lr"], exponent)
+                                        base.preset["batch_size"], base.preset["lr"], 1.0)
     else:
         assert not measured and OmegaConf.load(run / "resolved_config.yaml").train.lr == preset["lr"]
         lr = preset["lr"]
     (start,) = [d["change"]["start_lr"][1] for d in decisions if "start_lr" in d["change"]]
-    assert f"preset {lr:g}" in next(d["reason"] for d in decisions if "start_lr" in d["change"])
+    searched = [d["change"]["batch_size"] for d in decisions if d["automation"] == "batch" and d["iter"] == 0
+                and "batch_size" in d["change"]]
+    batch_factor = math.sqrt(searched[0][1] / searched[0][0]) if searched else 1.0
+    assert start == pytest.approx(lr * run_length_factor(iterations) * batch_factor, rel=1e-3)  # from this preset
     assert max(r["lr"] for r in steps) == pytest.approx(start, rel=1e-6)  # what the optimizer ran at
     last = [r for r in records(run / "metrics.jsonl") if "val/psnr" in r][-1]
     assert last["val/psnr"] > last["val/bicubic_psnr"], last  # held-out images

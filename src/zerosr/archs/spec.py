@@ -295,8 +295,17 @@ def build(option: str, scale: int, target: str | None = None, **params) -> nn.Mo
 
 def is_reshaped(option: str, params: dict) -> bool:
     """Whether `params` (a run's arch.params) make another network than the option's file names:
-    its preset LR then no longer holds, and the preflight builds it before any work."""
-    return option != CUSTOM and dict(params) != dict(variant(option).params)
+    its preset LR then no longer holds, and the preflight builds it before any work. The family's
+    run options (checkpointing) change how the network runs, not what it is."""
+    if option == CUSTOM or dict(params) == dict(variant(option).params):
+        return False  # the common case decided without importing a family's file (and torch)
+    return network_params(option, params) != network_params(option, variant(option).params)
+
+
+def network_params(option: str, params: dict) -> dict:
+    """`params` without the option's family's run options: what makes the network."""
+    run = set(family(variant(option).family).run_options)
+    return {key: value for key, value in params.items() if key not in run}
 
 
 def changed_params(option: str, params: dict) -> str:

@@ -172,6 +172,20 @@ def peak_memory_of(step: Callable[[], None], memory, repeats: int = PROBE_STEPS)
     return int(memory.peak_bytes())
 
 
+def cpu_sizes_to_time(candidates: Iterable[int], ram_budget_bytes: float, bytes_per_sample: float,
+                      preferred: int | None = None) -> list[int]:
+    """The sizes the CPU search chooses between, smallest first: the candidates within the RAM
+    budget (the smallest candidate if none is), none below `preferred` while it fits (a smaller
+    batch trains on fewer samples in the run's iterations, however fast each one goes)."""
+    ordered = sorted(set(int(c) for c in candidates if c >= 1))
+    if not ordered:
+        raise ValueError("the CPU batch search needs at least one candidate batch size")
+    allowed = [c for c in ordered if c * bytes_per_sample <= ram_budget_bytes] or ordered[:1]
+    if preferred in allowed:
+        allowed = [c for c in allowed if c >= preferred]
+    return allowed
+
+
 def cpu_batch_size(measure: Callable[[int], float], candidates: Iterable[int], ram_budget_bytes: float,
                    bytes_per_sample: float, preferred: int | None = None,
                    rounds: int = CPU_ROUNDS) -> tuple[int, dict[int, float]]:
@@ -180,13 +194,11 @@ def cpu_batch_size(measure: Callable[[int], float], candidates: Iterable[int], r
     `preferred` (the tier's size) unless a larger size beats it by `CPU_CLEAR_GAIN` in every round;
     of those, the fastest by median. Sizes below `preferred` are not measured while it fits: they
     train on fewer samples in the run's iterations. Without `preferred` among the sizes that fit:
-    the fastest of those by median. Returns (batch, median samples/s per size)."""
-    ordered = sorted(set(int(c) for c in candidates if c >= 1))
-    if not ordered:
-        raise ValueError("cpu_batch_size needs at least one candidate batch size")
-    allowed = [c for c in ordered if c * bytes_per_sample <= ram_budget_bytes] or ordered[:1]
-    if preferred in allowed:
-        allowed = [c for c in allowed if c >= preferred]
+    the fastest of those by median. Returns (batch, median samples/s per size); with one size to
+    choose from, that size and no readings."""
+    allowed = cpu_sizes_to_time(candidates, ram_budget_bytes, bytes_per_sample, preferred)
+    if len(allowed) == 1:
+        return allowed[0], {}  # nothing to choose between: no timing
     readings: dict[int, list[float]] = {batch: [] for batch in allowed}
     for turn in range(max(1, rounds)):
         shift = turn % len(allowed)  # each size takes each place in the order

@@ -109,5 +109,6 @@ def leave_lr_to_measurement(cfg: DictConfig, user_set: set[str]) -> DictConfig:
     with open_dict(cfg):
         cfg.arch.preset.lr = None
         cfg.arch.preset.lr_source = "measured at start-up"
-        cfg.arch.preset.divergence_lr = None  # the file's network's, not this one's
+        if "arch.preset.divergence_lr" not in user_set:
+            cfg.arch.preset.divergence_lr = None  # the file's network's, not this one's
     return cfg

@@ -23,7 +23,7 @@ from statistics import geometric_mean
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from zerosr.archs.spec import anchor, variant
+from zerosr.archs.spec import CUSTOM, anchor, network_params, variant
 from zerosr.atomic import atomic_write_bytes
 from zerosr.automations.base import Decision
 from zerosr.automations.lr import exponential_lrs, lr_range_test
@@ -69,10 +69,21 @@ def cache_file() -> Path:
 
 
 def cache_key(cfg: DictConfig) -> str:
+    """What the measurement depends on: the network (its run options aside), scale, tier and the
+    probes' patch."""
     arch = cfg.arch
-    return json.dumps({"family": arch.get("family"), "target": arch.get("_target_"),
-                       "params": OmegaConf.to_container(arch.params, resolve=True),
-                       "scale": int(cfg.scale), "tier": str(cfg.hardware_tier.name)}, sort_keys=True)
+    params = OmegaConf.to_container(arch.params, resolve=True)
+    if arch.name != CUSTOM:
+        params = network_params(arch.name, params)
+    return json.dumps({"family": arch.get("family"), "target": arch.get("_target_"), "params": params,
+                       "scale": int(cfg.scale), "tier": str(cfg.hardware_tier.name),
+                       "lq_size": probe_lq_size(cfg)}, sort_keys=True)
+
+
+def probe_lq_size(cfg: DictConfig) -> int:
+    """The probes' LR patch: PROBE_LQ_SIZE, or the run's own where that is smaller (it fits the
+    run's images, which PROBE_LQ_SIZE may not)."""
+    return min(PROBE_LQ_SIZE, int(cfg.train.lq_size))
 
 
 def settle_preset_lr(cfg: DictConfig) -> MeasuredLR | None:
@@ -149,9 +160,7 @@ def probe_config(cfg: DictConfig, network=None) -> DictConfig:
     `zerosr.archs.spec.Variant`), that built-in variant instead."""
     probe = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(probe):
-        # The run's own patch where it is smaller: it fits the run's images, which 24 px may not.
-        lq_size = min(PROBE_LQ_SIZE, int(cfg.train.lq_size))
-        probe.train.update(batch_size=PROBE_BATCH, lq_size=lq_size, pretrain=None, lr=PROBE_LR, lr_scale=1.0)
+        probe.train.update(batch_size=PROBE_BATCH, lq_size=probe_lq_size(cfg), pretrain=None, lr=PROBE_LR, lr_scale=1.0)
         probe.train.optimizer.lr = PROBE_LR
         probe.debug.inject_oom_at = []
         if network is not None:

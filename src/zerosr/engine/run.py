@@ -50,7 +50,7 @@ def start_up(trainer: Trainer) -> None:
     trainer.record(trainer.data.decisions)  # taken while the data was built (degradation calibration)
     measured = trainer.preset_measured
     if measured is not None:
-        trainer.record([measured.decision])  # arch=custom: how its preset LR was measured
+        trainer.record([measured.decision])  # arch=custom or reshaped: how its preset LR was measured
     if distributed.is_main():
         user_set = user_set_keys("train")
         if suite.batch.enabled and "batch_size" not in user_set:
@@ -101,7 +101,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 def _train(cfg: DictConfig, run_dir: Path) -> float:
     started = time.perf_counter()
     cfg = resolved_once(cfg)
-    # arch=custom: the preset LR by the range-test rule (cached), before anything uses the LR.
+    # arch=custom or a reshaped built-in network: the preset LR by the range-test rule (cached),
+    # before anything uses the LR; a resumed run reads the cache (or measures again without it).
     measured = settle_preset_lr(cfg)
     if measured is not None:
         print(f"preset lr    {cfg.arch.preset.lr:g}: {measured.decision.reason}", flush=True)

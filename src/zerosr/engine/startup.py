@@ -19,7 +19,16 @@ from omegaconf import DictConfig
 from zerosr.archs.spec import CUSTOM, feature_width
 from zerosr.automations import analyse, cpu_batch_size, find_batch_size, peak_memory_of
 from zerosr.automations.base import Decision
-from zerosr.automations.batch import CPU_CLEAR_GAIN, CPU_ROUNDS, NOT_RUN, PROBE_STEPS, lq_candidates, memory_budget, memory_size
+from zerosr.automations.batch import (
+    CPU_CLEAR_GAIN,
+    CPU_ROUNDS,
+    NOT_RUN,
+    PROBE_STEPS,
+    cpu_sizes_to_time,
+    lq_candidates,
+    memory_budget,
+    memory_size,
+)
 from zerosr.automations.lr import LRController
 from zerosr.engine.checkpoint import capture_rng_state, restore_rng_state
 from zerosr.engine.data import BatchStream
@@ -86,10 +95,14 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
     total_iter = int(cfg.train.total_iter)
     share = float(auto.search_share)
     bound = share * total_iter
-    # The least a search can do: on a GPU the first probe and one larger size; on the CPU its
-    # three timed sizes (a warm-up and three timed steps each).
+    if not by_memory:
+        per_sample = _bytes_per_sample(cfg, lq_size, feature_width(learner.module))
+        budget = auto.ram_budget_fraction * psutil.virtual_memory().available
+        sizes = cpu_sizes_to_time(_cpu_candidates(batch, auto), budget, per_sample, preferred=batch)
+    # The least a search can do: on a GPU the first probe and one larger size; on the CPU a warm-up
+    # and three timed steps of each size it chooses between (none where there is one).
     least = (PROBE_STEPS * 3 if by_memory
-             else 4 * sum(c / batch for c in _cpu_candidates(batch, auto) if c >= batch))
+             else 4 * sum(c / batch for c in sizes) if len(sizes) > 1 else 0)
     if bound < least:
         fallback = ("an out-of-memory error would halve it, the memory watch adjusts it" if by_memory
                     else "no timing")
@@ -134,9 +147,6 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
                         else f"; validation did not fit in {tile}px tiles: {validator.tile}px")
         else:
             new_lq = lq_size
-            per_sample = _bytes_per_sample(cfg, lq_size, feature_width(learner.module))
-            budget = auto.ram_budget_fraction * psutil.virtual_memory().available
-
             warmed: set[int] = set()
 
             def samples_per_second(size: int) -> float:
@@ -147,12 +157,14 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
                 _synthetic_step(learner, size, lq_size, scale)
                 return size / (time.perf_counter() - begin)
 
-            new_batch, speeds = cpu_batch_size(samples_per_second, _cpu_candidates(batch, auto), budget, per_sample,
-                                               preferred=batch)
+            new_batch, speeds = cpu_batch_size(samples_per_second, sizes, budget, per_sample, preferred=batch)
             rates = ", ".join(f"{b}: {s:.0f}" for b, s in sorted(speeds.items()))
             why = (f"measured samples/s ({rates}) within {budget / 2**30:.1f} GiB RAM: the tier's {batch} "
                    f"unless a larger one is over {CPU_CLEAR_GAIN:.0%} faster in each of {CPU_ROUNDS} interleaved "
-                   "rounds (a smaller one trains on fewer samples in the same iterations)")
+                   "rounds (a smaller one trains on fewer samples in the same iterations)" if speeds else
+                   f"no timing: {new_batch} is the only size to choose within {budget / 2**30:.1f} GiB RAM and "
+                   f"automation.batch.max_batch_size={auto.max_batch_size} (none below the tier's {batch} "
+                   "while it fits: a smaller one trains on fewer samples)")
     change = {}
     if new_batch != batch:
         change["batch_size"] = (batch, new_batch)
@@ -165,7 +177,7 @@ def search_batch_size(learner: Learner, cfg: DictConfig, batch: int, lq_size: in
 
 def _cpu_candidates(batch: int, auto) -> list[int]:
     """One octave either side of the tier's batch: throughput on a CPU is flat beyond that. The
-    smaller one is measured only where the tier's does not fit the RAM budget (`cpu_batch_size`)."""
+    smaller one is measured only where the tier's does not fit the RAM budget (`cpu_sizes_to_time`)."""
     candidates = [b for b in (batch // 2, batch, batch * 2) if auto.min_batch_size <= b <= auto.max_batch_size]
     return candidates or [batch]
 
