@@ -15,6 +15,8 @@ from .layout import recognise_option, same_layout, seq_len, shuffle_scale
 from .spec import Family, Tiling
 
 SCALES: tuple[int, ...] = (2, 3, 4, 8)
+PRELU_INIT_SLOPE = 0.25  # nn.PReLU's initial slope
+LAST_LAYER_SCALE = 0.1
 
 
 class Compact(nn.Module):
@@ -28,6 +30,21 @@ class Compact(nn.Module):
         layers.append(nn.Conv2d(num_feat, out_channels * scale * scale, 3, padding=1))
         self.body = nn.Sequential(*layers)
         self.upsampler = nn.PixelShuffle(scale)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """He init for the PReLU stack (zero biases) and the last convolution at a tenth of that.
+
+        Under PyTorch's default init the signal shrinks layer by layer: compact's first convolution
+        gets about 1e-6 of the last one's gradient, and the network sat at the nearest enlargement
+        for 450 of 600 iterations (docs/community-architectures.md). The small last layer starts the
+        output near the enlarged input."""
+        convs = [layer for layer in self.body if isinstance(layer, nn.Conv2d)]
+        for conv in convs:
+            nn.init.kaiming_normal_(conv.weight, a=PRELU_INIT_SLOPE, nonlinearity="leaky_relu")
+            nn.init.zeros_(conv.bias)
+        with torch.no_grad():
+            convs[-1].weight.mul_(LAST_LAYER_SCALE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.upsampler(self.body(x)) + F.interpolate(x, scale_factor=self.scale, mode="nearest")
