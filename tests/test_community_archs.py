@@ -173,3 +173,18 @@ def test_span_files_carry_the_trained_collapsed_kernel():
     assert torch.equal(state["block_3.c2_r.eval_conv.weight"], weight.detach())
     assert torch.equal(state["block_3.c2_r.eval_conv.bias"], bias.detach())
     assert not torch.equal(model.block_3.c2_r.eval_conv.weight, weight.detach())  # the module itself is untouched
+
+
+@pytest.mark.parametrize("name", sorted(compact.VARIANTS))
+def test_a_new_compact_trains_from_its_first_layer_and_starts_near_the_enlarged_input(name):
+    """The init, not spandrel's layout: under PyTorch's default init compact's first convolution
+    got 1e-6 of the last one's gradient and sat at the nearest enlargement for 450 iterations."""
+    torch.manual_seed(0)
+    model = compact.Compact(2, **compact.VARIANTS[name])
+    lq = torch.rand(2, 3, 24, 24)
+    enlarged = torch.nn.functional.interpolate(lq, scale_factor=2, mode="nearest")
+    out = model(lq)
+    assert (out - enlarged).abs().mean() < 0.1  # 0.2-0.8 with the last layer at full He scale
+    (out - torch.nn.functional.interpolate(lq, scale_factor=2, mode="bicubic")).abs().mean().backward()
+    first, last = model.body[0].weight.grad.norm(), model.body[-1].weight.grad.norm()
+    assert first > 1e-2 * last
