@@ -150,6 +150,10 @@ def test_multirun_four_jobs_with_their_own_values(tmp_path):
         scale = {"budget": 0.25, "workstation": 2.0}[c["hardware_tier"]["name"]]
         assert c["hardware_tier"]["batch_scale"] == scale
         assert c["automation"]["loss_schedule"]["momentum"] == (0.85 if c["arch"]["name"].endswith("nano") else 0.97)
+    batches = {(c["hardware_tier"]["name"], c["arch"]["name"]): c["train"]["batch_size"] for c in saved}
+    # xl's hint of 4 at the budget tier's quarter would be 1: one patch per step; the floor is 2.
+    assert batches[("budget", "paragonsr2_xl")] == 2
+    assert batches[("workstation", "paragonsr2_xl")] == 8
 
 
 def test_run_saves_resolved_config_beside_hydra_dir(tmp_path):

@@ -27,12 +27,17 @@ def _nice(value: float) -> int:
 
 # --- train ---------------------------------------------------------------------------------------
 
+# A batch of 1 follows one patch per step: esrgan_lite at batch 1 swung by 2.5 dB of held-out PSNR
+# between validations and ended 1.1 dB below batch 2 after 600 iterations (0.12 dB at equal time).
+MIN_TIER_BATCH = 2
+
+
 def batch_size(hint: int, tier_scale: float, tier_max: int) -> int:
-    """Preset batch scaled for the tier's memory, rounded down to a multiple of 2, within [1, tier_max]."""
+    """Preset batch scaled for the tier's memory, rounded down to a multiple of 2, within
+    [MIN_TIER_BATCH, tier_max]; the batch search still shrinks it where memory says so."""
     scaled = int(hint * tier_scale)
-    if scaled >= 2:
-        scaled -= scaled % 2
-    return int(clamp(scaled, 1, tier_max))
+    scaled -= scaled % 2
+    return int(clamp(scaled, min(MIN_TIER_BATCH, tier_max), tier_max))
 
 
 def lq_size(preset: int, tier_max: int, low: int, high: int) -> int:
