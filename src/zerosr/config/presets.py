@@ -27,15 +27,15 @@ The exponent. Across families, and within a family until training fits another, 
 LR in proportion to the divergence LR. An LR too high can kill a network for good, one too low
 only trains slower, and across families the proportional rule is what training showed: scaled
 from nano by the fourth root, SuperUltraCompact (which diverges at about s's LR) got 2.2e-3 and
-its network died on BSD100 (held-out PSNR stuck at 29.73 dB, below bicubic's 31.18), where at
-1e-3 it reached 33.06 and beat every hand-set LR; span_s got 1.5e-3 and trained 0.26 dB below its
-trained 6.8e-4. An anchor's `preset.family_lr_exponent` sets its family's exponent where training
+its network died on BSD100 under PyTorch's default init (held-out PSNR stuck at 29.73 dB, below
+bicubic's 31.18), where at 1e-3 it reached 33.06 and beat every hand-set LR; span_s got 1.5e-3
+and trained 0.26 dB below its trained 6.8e-4. An anchor's `preset.family_lr_exponent` sets its family's exponent where training
 fitted one. nano's is 1/4: within nano's family the best LR falls far more slowly than the
 divergence LR. In proportion s got 1e-3; trained for 1500 iterations at 1e-3 / 2e-3 / 4e-3 it
 scored 32.555 / 32.764 / 32.870 dB, and for 600 iterations it trained best starting at 4e-3 of
-1e-3..8e-3. The fourth root gives it 2.2e-3. Compact's stays 1: compact, scaled from
-superultracompact by the fourth root (4.7e-4), left its starting level only after 500 of 600
-iterations and ended at 29.88 dB; at the proportional 2.2e-4 it left after 450 and ended at 30.61.
+1e-3..8e-3. The fourth root gives it 2.2e-3. Compact's stays 1: its divergence LRs do not tell
+compact from ultracompact (0.0145 each, seed 0), yet compact's network died from a start of
+1.32e-3, where ultracompact trained best, so no exponent fits both; the lower LR only trains slower.
 
 nano's LR: `python bench/quality.py --iters 6000` and `--iters 600 --seeds 0 1 2` (batch 8, 32 px,
 BSD100 x2): warm-up + cosine gave 32.37 / 32.52 / 32.66 / 32.65 dB at 1e-3 / 2e-3 / 4e-3 / 8e-3
