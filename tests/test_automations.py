@@ -53,6 +53,19 @@ def test_builds_from_the_composed_config(fake_hardware):
     assert suite.lr.lr_at(cfg.train.warmup_iter) == pytest.approx(cfg.train.lr)
 
 
+@pytest.mark.parametrize("arch, total_iter, percentile", [
+    ("paragonsr2_nano", 600, 90.0), ("paragonsr2_nano", 900, 93.54), ("paragonsr2_nano", 1500, 98.0),
+    ("paragonsr2_nano", 40000, 98.0), ("span", 600, 93.43),  # no short-run percentile: the preset's
+])
+def test_a_short_run_clips_at_its_short_run_percentile(fake_hardware, arch, total_iter, percentile):
+    cfg, automation = compose_automation(fake_hardware, f"arch={arch}", f"train.total_iter={total_iter}")
+    clip = build(cfg, automation).clip
+    assert clip.percentile == percentile
+    for norm in range(1, 101):  # norms 1..100: the threshold is their percentile
+        clip.observe(float(norm))
+    assert clip.threshold == pytest.approx(1 + 0.99 * percentile)
+
+
 def test_master_switch_turns_everything_off(fake_hardware):
     cfg, automation = compose_automation(fake_hardware, "automation=off")
     suite = build(cfg, automation)

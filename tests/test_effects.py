@@ -125,15 +125,21 @@ def test_the_batch_decision_sizes_the_batch_tensors(make_trainer):
     assert trainer.suite.batch.batch_size == 2 and trainer.stream.batch_size == 2
 
 
-def test_an_early_stop_ends_the_optimizer_steps(data, tmp_path, monkeypatch):
-    counted = []
+@pytest.fixture
+def counted(monkeypatch):
+    """The iteration of every optimizer step any Trainer built in the test takes."""
+    steps = []
     original_init = loop.Trainer.__init__
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        on_optimizer_step(self, lambda optimizer: counted.append(self.iteration))
+        on_optimizer_step(self, lambda optimizer: steps.append(self.iteration))
 
     monkeypatch.setattr(loop.Trainer, "__init__", init)
+    return steps
+
+
+def test_an_early_stop_ends_the_optimizer_steps(data, tmp_path, counted):
     overrides = auto_overrides(data, **{"train.total_iter": 30, "train.val_freq": 2,
                                         "automation.early_stop.patience": 4, "automation.early_stop.min_iter": 6,
                                         "automation.early_stop.min_delta": 100.0, "automation.lr.cooldown_fraction": 0.5,
@@ -143,6 +149,18 @@ def test_an_early_stop_ends_the_optimizer_steps(data, tmp_path, monkeypatch):
     # then a cool-down of half the 6 iterations done.
     assert len(counted) == 9
     assert sorted(p.name for p in (tmp_path / "run" / "training_state").glob("*.pt"))[-1] == "state_00000009.pt"
+
+
+def test_a_derived_early_stop_waits_for_the_lr_to_answer_the_stall_first(data, tmp_path, counted):
+    overrides = auto_overrides(data, **{"train.total_iter": 40, "train.val_freq": 2, "automation.lr.plateau_patience": 6,
+                                        "automation.early_stop.min_iter": 6, "automation.early_stop.min_delta": 100.0,
+                                        "automation.lr.cooldown_fraction": 0.5, "automation.early_stop.past_bicubic": False})
+    cfg = compose_config(overrides)
+    # Three validations are 6 and a quarter of the run 10: twice the plateau patience decides.
+    assert cfg.automation.early_stop.patience == 12
+    train(cfg, tmp_path / "run")
+    # First validation (2) is the best; patience 12 -> stop at 14, then a cool-down of 7.
+    assert len(counted) == 21
 
 
 def test_a_loss_blown_up_past_the_start_restores_the_starting_weights(make_trainer):

@@ -200,11 +200,11 @@ def test_the_screen_says_which_automations_run_and_the_lr_that_runs(tmp_path):
     off = train_cli(["automation=off", "dry_run=true", f"hydra.run.dir={tmp_path / 'off'}"], tmp_path)
     assert off.returncode == 0, off.stderr
     assert "automation   off: lr, batch, clip, early stop, loss schedule, dataset analysis" in off.stdout
-    assert "plateau patience" not in off.stdout and "p98" not in off.stdout
+    assert "plateau patience" not in off.stdout and "p90" not in off.stdout
     one = train_cli(["automation=off", "automation.clip.enabled=true", "train.lr_scale=0.5", "dry_run=true",
                      f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
     assert one.returncode == 0, one.stderr
-    assert "automation   clip: p98.0" in one.stdout and "plateau patience" not in one.stdout
+    assert "automation   clip: p90.0" in one.stdout and "plateau patience" not in one.stdout
     assert "lr 0.002 = 0.004 x train.lr_scale 0.5" in one.stdout
 
 

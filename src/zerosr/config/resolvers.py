@@ -34,6 +34,7 @@ _RULES = {
     "target_vram_usage": derive.target_vram_usage,
     "batch_adjust_every": derive.batch_adjust_every,
     "clip_history": derive.clip_history,
+    "clip_percentile": derive.clip_percentile,
     "early_stop_patience": derive.early_stop_patience,
     "early_stop_min_iter": derive.early_stop_min_iter,
     "gan_delay": derive.gan_delay,

@@ -41,6 +41,7 @@ class ArchPreset:
     lq_size_min: int = MISSING  # smallest patch side the batch search may pick
     lq_size_max: int = MISSING  # largest patch side the batch search may pick
     clip_percentile: float = MISSING  # AutoClip: clip at this percentile of recent gradient norms
+    short_run_clip_percentile: float | None = None  # the same for a short run (config.derive); null: as above
     loss_schedule: LossSchedulePreset = field(default_factory=LossSchedulePreset)  # the loss-weight controller
 
 
