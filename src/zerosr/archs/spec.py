@@ -71,7 +71,7 @@ Two things, and no other file changes:
          lq_size_min: 32
          lq_size_max: 128
          clip_percentile: 98.0      # AutoClip's percentile of recent gradient norms
-         short_run_clip_percentile: null  # the same for runs short enough to start above the LR
+         short_run_clip_percentile: null  # the same for runs of 600 iterations or fewer (null: as above)
          loss_schedule: {momentum: 0.93, adaptation_rate: 0.006, max_weight: 20.0,
                          adaptation_threshold: 0.08, baseline_iterations: 150}
 
